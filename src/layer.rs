@@ -1,0 +1,222 @@
+//! [`CcrLayer`]: configuration and the tower [`Layer`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use tower_layer::Layer;
+
+use crate::handle::{CcrHandle, Counters};
+use crate::id::IdKey;
+use crate::service::CcrService;
+use crate::store::{MemoryStore, Retention, Store};
+
+/// Default for [`CcrLayer::min_tokens`].
+pub const DEFAULT_MIN_TOKENS: usize = 1_000;
+/// Default for [`CcrLayer::max_rounds`].
+pub const DEFAULT_MAX_ROUNDS: usize = 3;
+/// Default for [`CcrLayer::tool_name`].
+pub const DEFAULT_TOOL_NAME: &str = "ccr_retrieve";
+/// Default for [`CcrLayer::max_body_bytes`]: 32 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+type TenantFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
+
+/// Where the tenant of a request comes from.
+#[derive(Clone)]
+pub(crate) enum TenantSource {
+    /// The value of a header (the credential by default), hashed with the id key.
+    Header(HeaderName),
+    /// A user function; `None` means the anonymous tenant.
+    Function(Arc<TenantFn>),
+}
+
+/// Everything a service needs, shared by the layer, its services and its handles.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) min_tokens: usize,
+    pub(crate) max_rounds: usize,
+    pub(crate) retention: Retention,
+    pub(crate) tool_name: Arc<str>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) key: IdKey,
+    pub(crate) tenant: TenantSource,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl Shared {
+    /// The tenant of a request.
+    pub(crate) fn tenant_of(&self, parts: &http::request::Parts) -> crate::TenantId {
+        let credential = match &self.tenant {
+            TenantSource::Header(name) => parts
+                .headers
+                .get(name)
+                .map(|value| value.as_bytes().to_vec()),
+            TenantSource::Function(function) => function(parts).map(String::into_bytes),
+        };
+        self.key.tenant(credential.as_deref().unwrap_or_default())
+    }
+}
+
+/// A tower [`Layer`] that compresses large tool outputs in LLM requests, caches the originals
+/// and answers the model's retrieval calls itself (Compress → Cache → Retrieve).
+///
+/// Wrap any HTTP client service whose requests carry OpenAI Chat Completions bodies (any host,
+/// any path ending in `/chat/completions`); everything else passes through untouched.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ccr::CcrLayer;
+///
+/// let layer = CcrLayer::new()
+///     .min_tokens(2_000)
+///     .max_rounds(2)
+///     .ttl(Duration::from_secs(15 * 60))
+///     .secret("shared by every replica");
+/// let handle = layer.handle(); // for the application: retrieve, search, stats
+/// # let _ = handle;
+/// ```
+///
+/// # Clone
+/// Cloning a layer is cheap: the clones share the store and the statistics. Setters called on a
+/// clone afterwards change only that clone's configuration.
+#[derive(Clone)]
+pub struct CcrLayer {
+    shared: Arc<Shared>,
+}
+
+impl Default for CcrLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for CcrLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.shared;
+        f.debug_struct("CcrLayer")
+            .field("min_tokens", &shared.min_tokens)
+            .field("max_rounds", &shared.max_rounds)
+            .field("retention", &shared.retention)
+            .field("tool_name", &shared.tool_name)
+            .field("max_body_bytes", &shared.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CcrLayer {
+    /// A layer with the defaults: outputs from 1,000 estimated tokens up are compressed, up to
+    /// 3 retrieval rounds, originals kept 30 minutes after their last use (24 hours at most)
+    /// in a 256 MiB [`MemoryStore`], tenant from the `Authorization` header, a random secret.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                min_tokens: DEFAULT_MIN_TOKENS,
+                max_rounds: DEFAULT_MAX_ROUNDS,
+                retention: Retention::default(),
+                tool_name: Arc::from(DEFAULT_TOOL_NAME),
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                key: IdKey::random(),
+                tenant: TenantSource::Header(http::header::AUTHORIZATION),
+                store: Arc::new(MemoryStore::new()),
+                counters: Arc::new(Counters::default()),
+            }),
+        }
+    }
+
+    fn with(mut self, change: impl FnOnce(&mut Shared)) -> Self {
+        change(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    /// Tool outputs estimated below this many tokens are left alone (default 1,000).
+    pub fn min_tokens(self, min_tokens: usize) -> Self {
+        self.with(|s| s.min_tokens = min_tokens)
+    }
+
+    /// Most continuation requests the layer sends for one client request (default 3). The last
+    /// one forbids tool calls so the model has to answer. `0` disables lossy compression, since
+    /// no marker could be redeemed.
+    pub fn max_rounds(self, max_rounds: usize) -> Self {
+        self.with(|s| s.max_rounds = max_rounds)
+    }
+
+    /// How long an original stays after its last use (default 30 minutes). Every retrieval and
+    /// every request that carries the output again refreshes it.
+    pub fn ttl(self, ttl: Duration) -> Self {
+        self.with(|s| s.retention.idle = ttl)
+    }
+
+    /// Hard maximum age of an original, however often it is used (default 24 hours).
+    pub fn max_age(self, max_age: Duration) -> Self {
+        self.with(|s| s.retention.max_age = max_age)
+    }
+
+    /// Name of the injected retrieval tool (default `ccr_retrieve`).
+    ///
+    /// # Panics
+    /// When `name` is not 1 to 64 characters of `a-z A-Z 0-9 _ -` (what the APIs accept).
+    pub fn tool_name(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        assert!(
+            !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "tool name must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -: {name:?}"
+        );
+        self.with(|s| s.tool_name = Arc::from(name))
+    }
+
+    /// Largest request (and response) body the layer buffers to inspect (default 32 MiB).
+    /// Larger requests pass through untouched.
+    pub fn max_body_bytes(self, max_body_bytes: usize) -> Self {
+        self.with(|s| s.max_body_bytes = max_body_bytes)
+    }
+
+    /// Key for ids (default: random per process). Layers that share a secret and a store
+    /// issue and resolve the same ids, as replicas of one application need.
+    pub fn secret(self, secret: impl AsRef<[u8]>) -> Self {
+        let key = IdKey::from_secret(secret.as_ref());
+        self.with(|s| s.key = key)
+    }
+
+    /// Take the tenant from this header (default `Authorization`). Its value is hashed with the
+    /// secret; requests without it share the anonymous tenant.
+    pub fn tenant_header(self, name: HeaderName) -> Self {
+        self.with(|s| s.tenant = TenantSource::Header(name))
+    }
+
+    /// Compute the tenant with a function of the request head (a user id, an API key from a
+    /// query parameter…). `None` means the anonymous tenant. The value is hashed with the secret.
+    pub fn tenant_with<F>(self, tenant: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.with(|s| s.tenant = TenantSource::Function(Arc::new(tenant)))
+    }
+
+    /// Where originals are kept (default: a 256 MiB [`MemoryStore`]). Take [`handle`](Self::handle)
+    /// after this call: a handle taken before still points at the previous store.
+    pub fn store(self, store: impl Store) -> Self {
+        let store: Arc<dyn Store> = Arc::new(store);
+        self.with(|s| s.store = store)
+    }
+
+    /// A handle for the application: read originals, search them, read statistics. It shares
+    /// the layer's store and counters.
+    pub fn handle(&self) -> CcrHandle {
+        CcrHandle::new(self.shared.clone())
+    }
+}
+
+impl<S> Layer<S> for CcrLayer {
+    type Service = CcrService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CcrService::new(inner, self.shared.clone())
+    }
+}

@@ -1,0 +1,145 @@
+//! Provider adapters: everything that differs between API shapes lives behind [`Adapter`],
+//! one file per shape. The service drives the loop; an adapter only reads and writes bodies.
+
+mod openai_chat;
+
+use std::fmt;
+use std::ops::Range;
+
+use crate::json::Splice;
+
+pub(crate) use openai_chat::OpenAiChat;
+
+/// Description of the injected retrieval tool. Its bytes never change: the provider's prompt
+/// cache covers the tools array.
+pub(crate) const TOOL_DESCRIPTION: &str = "Get back the original of a tool output that was compressed. A compressed output ends with a marker such as [120 items compressed to 12. Retrieve more: hash=<24 hex>]; the original is kept intact. Call with that hash to get the whole original, or add a query to get only the items that match it.";
+/// Description of the `hash` parameter.
+pub(crate) const HASH_DESCRIPTION: &str =
+    "The 24 hex characters after hash= in the marker of the compressed output.";
+/// Description of the `query` parameter.
+pub(crate) const QUERY_DESCRIPTION: &str = "Optional search words: return only the items (JSON array elements or lines) that match best, instead of the whole original.";
+
+/// A request body the adapter could not read as its API shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Malformed(pub(crate) &'static str);
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unexpected body shape: {}", self.0)
+    }
+}
+
+impl std::error::Error for Malformed {}
+
+/// A tool output found in a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ToolOutput {
+    /// Byte range of the JSON string literal that holds the output.
+    pub(crate) span: Range<usize>,
+    /// The output, unescaped.
+    pub(crate) text: String,
+    /// The last user message before the output and the arguments of the call that produced it.
+    pub(crate) query: String,
+    /// The tool that produced it, when the call is in the history.
+    pub(crate) tool_name: Option<String>,
+}
+
+/// What a request allows.
+#[derive(Debug)]
+pub(crate) enum Inspection {
+    /// Leave the request alone (streaming, several choices, …).
+    Skip(&'static str),
+    /// The tool outputs, and whether the model could call the retrieval tool in this request
+    /// (no `tool_choice: "none"`, no tool of the same name…). Without that, nothing is
+    /// compressed lossily.
+    Outputs {
+        outputs: Vec<ToolOutput>,
+        redeemable: bool,
+    },
+}
+
+/// One retrieval call of the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Call {
+    pub(crate) id: String,
+    /// The arguments as a JSON text.
+    pub(crate) arguments: String,
+}
+
+/// What the model did in a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// It called only the retrieval tool: the layer answers and continues.
+    Retrieve(Vec<Call>),
+    /// Anything else: an answer, client tool calls, or both kinds of calls (then the
+    /// retrieval calls are stripped before the response goes back).
+    Other,
+}
+
+/// The layer's answer to one retrieval call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answer {
+    pub(crate) call_id: String,
+    pub(crate) text: String,
+}
+
+/// One API shape.
+pub(crate) trait Adapter: Send + Sync {
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+
+    /// Whether this adapter handles a request, from its head alone.
+    fn matches(&self, method: &http::Method, uri: &http::Uri) -> bool;
+
+    /// Finds the tool outputs of a request body. Strings shorter than `min_bytes` are not
+    /// reported (they cannot reach the token threshold).
+    fn inspect(
+        &self,
+        body: &str,
+        tool_name: &str,
+        min_bytes: usize,
+    ) -> Result<Inspection, Malformed>;
+
+    /// Adds the retrieval tool, after the client's tools.
+    fn inject_tool(
+        &self,
+        body: &str,
+        tool_name: &str,
+        splice: &mut Splice,
+    ) -> Result<(), Malformed>;
+
+    /// Reads what the model did.
+    fn read_turn(&self, response: &str, tool_name: &str) -> Result<Turn, Malformed>;
+
+    /// The usage object of a response, to sum over rounds.
+    fn usage(&self, response: &str) -> Option<serde_json::Value>;
+
+    /// The next request: `request` plus the model's turn from `response` plus the answers.
+    /// With `force_final`, the request forbids further tool calls.
+    fn continuation(
+        &self,
+        request: &str,
+        response: &str,
+        answers: &[Answer],
+        force_final: bool,
+    ) -> Result<String, Malformed>;
+
+    /// The response for the client: retrieval calls removed, usage summed with `earlier`
+    /// rounds. `None` when the response needs no change.
+    fn finalize(
+        &self,
+        response: &str,
+        tool_name: &str,
+        earlier_usage: &[serde_json::Value],
+    ) -> Result<Option<String>, Malformed>;
+}
+
+static ADAPTERS: &[&dyn Adapter] = &[&OpenAiChat];
+
+/// The adapter for a request, if any.
+pub(crate) fn select(method: &http::Method, uri: &http::Uri) -> Option<&'static dyn Adapter> {
+    ADAPTERS
+        .iter()
+        .copied()
+        .find(|adapter| adapter.matches(method, uri))
+}

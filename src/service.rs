@@ -1,0 +1,516 @@
+//! [`CcrService`]: the request/response loop.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{
+    ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
+};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::body::CcrBody;
+use crate::compress::{CompressContext, compress};
+use crate::future::ResponseFuture;
+use crate::handle::Counters;
+use crate::id::{EntryId, TenantId};
+use crate::json::{self, Splice, quote};
+use crate::layer::Shared;
+use crate::marker::{MARKER_TAG, view_with_marker};
+use crate::provider::{self, Adapter, Answer, Inspection, Turn};
+use crate::retrieve;
+use crate::store::Entry;
+use crate::tokens::estimate_tokens;
+
+/// The service [`CcrLayer`](crate::CcrLayer) wraps around an HTTP client.
+///
+/// Requests of a supported API shape are buffered, their large tool outputs replaced by views
+/// with markers, and the retrieval tool added; responses in which the model calls only that
+/// tool are answered by the service itself, which sends the continuation through the inner
+/// service (at most `max_rounds` times) and returns the last response. Everything else passes
+/// through untouched.
+///
+/// # Clone
+/// Cloning clones the inner service and shares the layer's configuration, store and counters.
+/// `call` swaps in a clone of the inner service, so the future owns a service that was driven
+/// to readiness, and waits for readiness again before every continuation request.
+#[derive(Clone)]
+pub struct CcrService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> CcrService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> std::fmt::Debug for CcrService<S>
+where
+    S: std::fmt::Debug,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CcrService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for CcrService<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + From<Bytes> + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<CcrBody<ResBody>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(run(inner, self.shared.clone(), request))
+    }
+}
+
+/// Upper bound of [`estimate_tokens`] per byte of text, for cheap size tests.
+const MAX_TOKENS_PER_BYTE: usize = 3;
+
+/// A request rewritten for upstream, and what answering its retrieval calls needs.
+struct Prepared {
+    body: String,
+    /// Ids whose markers this request carries, with their originals.
+    issued: HashMap<EntryId, Arc<str>>,
+    tenant: TenantId,
+}
+
+async fn run<S, B, ResBody>(
+    mut inner: S,
+    shared: Arc<Shared>,
+    request: Request<B>,
+) -> Result<Response<CcrBody<ResBody>>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Send,
+    S::Error: Into<BoxError>,
+    B: Body + From<Bytes>,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let Some(adapter) = eligible(&shared, &request) else {
+        return passthrough(inner.call(request).await);
+    };
+    let (parts, body) = request.into_parts();
+    let (bytes, complete) = read_request_body(body, shared.max_body_bytes).await?;
+    if !complete {
+        tracing::debug!(
+            api = adapter.name(),
+            bytes = bytes.len(),
+            "request over max_body_bytes; passed through"
+        );
+        return passthrough(inner.call(Request::from_parts(parts, B::from(bytes))).await);
+    }
+    let prepared = match prepare(&shared, adapter, &parts, &bytes).await {
+        Ok(Some(prepared)) => prepared,
+        Ok(None) => {
+            return passthrough(inner.call(Request::from_parts(parts, B::from(bytes))).await);
+        }
+        Err(error) => {
+            Counters::add(&shared.counters.requests_failed_open, 1);
+            tracing::warn!(api = adapter.name(), %error, "ccr failed; request sent unchanged");
+            return passthrough(inner.call(Request::from_parts(parts, B::from(bytes))).await);
+        }
+    };
+    exchange(inner, &shared, adapter, &parts, prepared).await
+}
+
+/// The adapter for a request the layer may rewrite, judged from its head alone (so that
+/// everything else streams through without being buffered).
+fn eligible<B: Body>(shared: &Shared, request: &Request<B>) -> Option<&'static dyn Adapter> {
+    let adapter = provider::select(request.method(), request.uri())?;
+    let headers = request.headers();
+    let encoded = headers
+        .get(CONTENT_ENCODING)
+        .is_some_and(|value| !value.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let not_json = headers.get(CONTENT_TYPE).is_some_and(|value| {
+        !value
+            .to_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .contains("json")
+    });
+    let declared_len = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+        .or_else(|| request.body().size_hint().exact());
+    let too_large = declared_len.is_some_and(|len| len > shared.max_body_bytes as u64);
+    (!encoded && !not_json && !too_large).then_some(adapter)
+}
+
+/// Reads a request body whole. `false` when it was larger than `limit`: then it is forwarded
+/// unchanged (an `http_body::Body` the client gave cannot be rebuilt from a stream, only from
+/// bytes, so the rest is read too).
+async fn read_request_body<B>(body: B, limit: usize) -> Result<(Bytes, bool), BoxError>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut body = pin!(body);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(mut data) = frame.map_err(Into::into)?.into_data() {
+            let chunk = data.copy_to_bytes(data.remaining());
+            total += chunk.len();
+            chunks.push(chunk);
+        }
+    }
+    let bytes = if chunks.len() == 1 {
+        chunks.pop().unwrap_or_default()
+    } else {
+        let mut joined = BytesMut::with_capacity(total);
+        chunks
+            .iter()
+            .for_each(|chunk| joined.extend_from_slice(chunk));
+        joined.freeze()
+    };
+    Ok((bytes, total <= limit))
+}
+
+/// Compresses the request's large tool outputs. `None`: nothing to do, send it unchanged.
+async fn prepare(
+    shared: &Shared,
+    adapter: &dyn Adapter,
+    parts: &http::request::Parts,
+    bytes: &Bytes,
+) -> Result<Option<Prepared>, BoxError> {
+    // The token estimate never exceeds three tokens a byte, and escapes only lengthen a JSON
+    // string: no literal this short can hold an output worth compressing.
+    let min_bytes = shared.min_tokens / MAX_TOKENS_PER_BYTE;
+    if !json::has_long_string(bytes, min_bytes) {
+        return Ok(None);
+    }
+    let Ok(body) = std::str::from_utf8(bytes) else {
+        return Ok(None);
+    };
+    let inspection = match adapter.inspect(body, &shared.tool_name, min_bytes) {
+        Ok(inspection) => inspection,
+        Err(malformed) => {
+            tracing::debug!(api = adapter.name(), %malformed, "not a request of this API; passed through");
+            return Ok(None);
+        }
+    };
+    let outputs = match inspection {
+        Inspection::Skip(reason) => {
+            tracing::debug!(api = adapter.name(), reason, "request passed through");
+            return Ok(None);
+        }
+        // Without a way for the model to call the tool, a marker could not be redeemed.
+        Inspection::Outputs {
+            redeemable: false, ..
+        } => return Ok(None),
+        Inspection::Outputs { .. } if shared.max_rounds == 0 => return Ok(None),
+        Inspection::Outputs { outputs, .. } => outputs,
+    };
+    let tenant = shared.tenant_of(parts);
+    let mut splice = Splice::default();
+    let mut issued: HashMap<EntryId, Arc<str>> = HashMap::new();
+    let (mut tokens_before, mut tokens_after, mut compressed) = (0u64, 0u64, 0u64);
+    for output in outputs {
+        if output.text.contains(MARKER_TAG) {
+            continue;
+        }
+        let tokens = estimate_tokens(&output.text);
+        if tokens < shared.min_tokens {
+            continue;
+        }
+        let context = CompressContext {
+            query: &output.query,
+            tool_name: output.tool_name.as_deref(),
+        };
+        let Some(view) = compress(&output.text, &context) else {
+            continue;
+        };
+        let id = shared.key.entry(&tenant, &output.text);
+        if !issued.contains_key(&id) {
+            let original: Arc<str> = Arc::from(output.text);
+            let entry = Entry {
+                tenant: tenant.clone(),
+                original: original.clone(),
+            };
+            // Store first, emit the marker only for a resident original.
+            match shared.store.put(id.clone(), entry, shared.retention).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(id = %id, "original not resident in the store; output left as is");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(id = %id, %error, "store failed; output left as is");
+                    continue;
+                }
+            }
+            issued.insert(id.clone(), original);
+        }
+        let replacement = view_with_marker(&view.text, view.total, view.unit, view.kept, &id);
+        tokens_before += tokens as u64;
+        tokens_after += estimate_tokens(&replacement) as u64;
+        compressed += 1;
+        tracing::debug!(id = %id, tokens, view_tokens = estimate_tokens(&replacement), "tool output compressed");
+        splice.replace(output.span, quote(&replacement));
+    }
+    if splice.is_empty() {
+        return Ok(None);
+    }
+    adapter.inject_tool(body, &shared.tool_name, &mut splice)?;
+    let rewritten = splice.apply(body).ok_or("overlapping edits")?;
+    let counters = &shared.counters;
+    Counters::add(&counters.requests_rewritten, 1);
+    Counters::add(&counters.outputs_compressed, compressed);
+    Counters::add(&counters.tokens_before, tokens_before);
+    Counters::add(&counters.tokens_after, tokens_after);
+    Ok(Some(Prepared {
+        body: rewritten,
+        issued,
+        tenant,
+    }))
+}
+
+/// Sends the rewritten request, answers retrieval turns, and returns the response for the
+/// client.
+async fn exchange<S, B, ResBody>(
+    mut inner: S,
+    shared: &Shared,
+    adapter: &dyn Adapter,
+    parts: &http::request::Parts,
+    prepared: Prepared,
+) -> Result<Response<CcrBody<ResBody>>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: From<Bytes>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let Prepared {
+        body: mut request_body,
+        issued,
+        tenant,
+    } = prepared;
+    let mut earlier_usage = Vec::new();
+    let mut round = 0;
+    let mut response = inner
+        .call(upstream_request(parts, &request_body, false))
+        .await
+        .map_err(Into::into)?;
+    loop {
+        if !inspectable(response.headers(), response.status()) {
+            return Ok(response.map(CcrBody::passthrough));
+        }
+        let (response_parts, body) = response.into_parts();
+        let data = match read_response_body(body, shared.max_body_bytes).await? {
+            Ok(data) => data,
+            Err((chunks, rest)) => {
+                tracing::warn!(
+                    api = adapter.name(),
+                    "response over max_body_bytes; passed through"
+                );
+                return Ok(Response::from_parts(
+                    response_parts,
+                    CcrBody::replay(chunks, rest),
+                ));
+            }
+        };
+        let Ok(text) = std::str::from_utf8(&data) else {
+            return Ok(Response::from_parts(response_parts, CcrBody::full(data)));
+        };
+        if let Ok(Turn::Retrieve(calls)) = adapter.read_turn(text, &shared.tool_name)
+            && round < shared.max_rounds
+        {
+            let mut answers = Vec::with_capacity(calls.len());
+            for call in calls {
+                let text = retrieve::answer(shared, &tenant, &issued, &call.arguments).await;
+                answers.push(Answer {
+                    call_id: call.id,
+                    text,
+                });
+            }
+            round += 1;
+            match adapter.continuation(&request_body, text, &answers, round == shared.max_rounds) {
+                Ok(next) => {
+                    earlier_usage.extend(adapter.usage(text));
+                    request_body = next;
+                    Counters::add(&shared.counters.continuation_rounds, 1);
+                    tracing::debug!(
+                        api = adapter.name(),
+                        round,
+                        calls = answers.len(),
+                        "continuation"
+                    );
+                    let ready = inner.ready().await.map_err(Into::into)?;
+                    response = ready
+                        .call(upstream_request(parts, &request_body, true))
+                        .await
+                        .map_err(Into::into)?;
+                    continue;
+                }
+                Err(malformed) => {
+                    tracing::warn!(api = adapter.name(), %malformed, "no continuation; response returned without retrieval calls");
+                }
+            }
+        }
+        let body = match adapter.finalize(text, &shared.tool_name, &earlier_usage) {
+            Ok(Some(rewritten)) => Bytes::from(rewritten),
+            Ok(None) => data,
+            Err(malformed) => {
+                tracing::debug!(api = adapter.name(), %malformed, "response not of this API; returned as is");
+                data
+            }
+        };
+        let mut response = Response::from_parts(response_parts, ());
+        set_length(response.headers_mut(), body.len());
+        return Ok(response.map(|()| CcrBody::full(body)));
+    }
+}
+
+/// A 2xx JSON response the layer can read; anything else (errors, encoded or streamed bodies)
+/// goes back as it came.
+fn inspectable(headers: &HeaderMap, status: http::StatusCode) -> bool {
+    let encoded = headers
+        .get(CONTENT_ENCODING)
+        .is_some_and(|value| !value.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let json = headers.get(CONTENT_TYPE).is_none_or(|value| {
+        value
+            .to_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+            .contains("json")
+    });
+    status.is_success() && !encoded && json
+}
+
+/// Reads a response body whole, or gives back what was read and the rest of the body when it
+/// is larger than `limit`.
+#[allow(clippy::type_complexity)]
+async fn read_response_body<B>(
+    body: B,
+    limit: usize,
+) -> Result<Result<Bytes, (VecDeque<Bytes>, Pin<Box<B>>)>, BoxError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = Box::pin(body);
+    let mut chunks = VecDeque::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(chunk) = frame.map_err(Into::into)?.into_data() {
+            total += chunk.len();
+            chunks.push_back(chunk);
+            if total > limit {
+                return Ok(Err((chunks, body)));
+            }
+        }
+    }
+    Ok(Ok(if chunks.len() == 1 {
+        chunks.pop_front().unwrap_or_default()
+    } else {
+        let mut joined = BytesMut::with_capacity(total);
+        chunks
+            .iter()
+            .for_each(|chunk| joined.extend_from_slice(chunk));
+        joined.freeze()
+    }))
+}
+
+/// A request for upstream with the head of the client's request and a new body.
+fn upstream_request<B: From<Bytes>>(
+    parts: &http::request::Parts,
+    body: &str,
+    continuation: bool,
+) -> Request<B> {
+    let mut request = Request::new(B::from(Bytes::copy_from_slice(body.as_bytes())));
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.extensions_mut() = parts.extensions.clone();
+    let headers = request.headers_mut();
+    *headers = parts.headers.clone();
+    set_length(headers, body.len());
+    // The layer must read the response to find retrieval calls.
+    headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    if continuation {
+        // The client's idempotency key must not make the server replay its first answer.
+        headers.remove("idempotency-key");
+    }
+    request
+}
+
+fn set_length(headers: &mut HeaderMap, len: usize) {
+    headers.remove(TRANSFER_ENCODING);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+fn passthrough<ResBody, E: Into<BoxError>>(
+    result: Result<Response<ResBody>, E>,
+) -> Result<Response<CcrBody<ResBody>>, BoxError> {
+    result
+        .map(|response| response.map(CcrBody::passthrough))
+        .map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_estimate_stays_under_the_per_byte_bound() {
+        let samples = [
+            "a".repeat(1000),
+            "1 2 3 4 5 6 7 8 9 0 ".repeat(50),
+            "a  b  c  d  ".repeat(80),
+            "!@#$%^&*()_+{}|:<>?~`".repeat(40),
+            "\n\n a\n".repeat(200),
+            "aA1 .\n\u{e9}\u{4e2d}".repeat(100),
+            "x\ty\rz ".repeat(100),
+        ];
+        for sample in &samples {
+            assert!(
+                estimate_tokens(sample) <= sample.len() * MAX_TOKENS_PER_BYTE,
+                "{sample:?}"
+            );
+        }
+    }
+}
