@@ -1,0 +1,591 @@
+//! The Compress → Cache → Retrieve loop on OpenAI Chat Completions, against an in-process
+//! scripted upstream.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+use serde_json::{Value, json};
+use tower::{Layer, ServiceExt};
+use tower_ccr::CcrLayer;
+
+#[tokio::test]
+async fn a_small_output_passes_byte_identical() {
+    let (upstream, log) = upstream(|_, _| answer("fine", 10));
+    let layer = CcrLayer::new();
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    // Odd but valid formatting must survive untouched.
+    let body = "{ \"model\":\"gpt-x\",\n \"temperature\": 1.0e0, \"messages\":[{\"role\":\"user\",\"content\":\"caf\\u00e9\"},\n {\"role\":\"tool\",\"tool_call_id\":\"c\",\"content\":\"small output\"}]}";
+    let response = service.oneshot(post(CHAT_URL, body)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log[0].text(), body);
+    assert_eq!(handle.stats().await.outputs_compressed, 0);
+}
+
+#[tokio::test]
+async fn a_large_output_is_compressed_and_its_original_comes_back_through_the_handle() {
+    let (upstream, log) = upstream(|_, _| answer("The card was declined.", 500));
+    let layer = CcrLayer::new();
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    let log_text = big_log(2_000);
+    let body = chat_body(
+        conversation(&log_text),
+        json!({"tools": [{"type": "function", "function": {"name": "bash", "parameters": {"type": "object"}}}]}),
+    );
+    let response = service.oneshot(post(CHAT_URL, body.clone())).await.unwrap();
+    let (_, text) = body_text(response).await;
+    assert!(text.contains("The card was declined."));
+
+    let sent = log.lock().unwrap()[0].clone();
+    assert!(
+        sent.body.len() * 5 < body.len(),
+        "{} vs {}",
+        sent.body.len(),
+        body.len()
+    );
+    let sent_json = sent.json();
+    let view = sent_json["messages"][3]["content"].as_str().unwrap();
+    assert!(
+        view.contains("card_declined"),
+        "the error line stays in view: {view}"
+    );
+    let hash = marker_hash(view).expect("a marker");
+    assert!(view.trim_end().ends_with(']'));
+    // The retrieval tool comes after the client's tools.
+    let tools = sent_json["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), 2);
+    assert_eq!(tools[0]["function"]["name"], "bash");
+    assert_eq!(tools[1]["function"]["name"], "ccr_retrieve");
+    assert_eq!(
+        tools[1]["function"]["parameters"]["required"],
+        json!(["hash"])
+    );
+    // The content-length matches the new body.
+    assert_eq!(
+        sent.headers["content-length"].to_str().unwrap(),
+        sent.body.len().to_string()
+    );
+
+    assert_eq!(
+        handle.retrieve(&hash).await.unwrap().as_deref(),
+        Some(log_text.as_str())
+    );
+    let found = handle
+        .search(&hash, "payment refused", 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(found.hits[0].text.contains("card_declined"));
+    let stats = handle.stats().await;
+    assert_eq!(stats.outputs_compressed, 1);
+    assert_eq!(stats.entries, 1);
+    assert!(stats.bytes as usize >= log_text.len());
+    assert!(stats.tokens_after * 5 < stats.tokens_before);
+}
+
+#[tokio::test]
+async fn only_the_tool_output_string_and_the_tools_array_change() {
+    let (upstream, log) = upstream(|_, _| answer("ok", 10));
+    let service = CcrLayer::new().layer(upstream);
+    let output = big_log(1_000);
+    let literal = serde_json::to_string(&output).unwrap();
+    // Hand-written body: unusual spacing, key order, number forms and escapes.
+    let body = format!(
+        "{{\n  \"messages\" : [ {{\"content\":\"caf\\u00e9 \\/ why?\",\"role\":\"user\"}},\n    {{\"role\":\"tool\", \"tool_call_id\":\"c1\", \"content\":{literal} }} ],\n  \"model\": \"gpt-x\", \"temperature\": 0.50, \"seed\": 12345678901234567890, \"top_p\": 1e-1\n}}\n"
+    );
+    service.oneshot(post(CHAT_URL, body.clone())).await.unwrap();
+    let sent = log.lock().unwrap()[0].text().to_owned();
+    let at = body.find(&literal).unwrap();
+    let prefix = &body[..at];
+    assert!(
+        sent.starts_with(prefix),
+        "bytes before the output are identical"
+    );
+    let rest_of_body = &body[at + literal.len()..];
+    // After the output: the same bytes, except the tools array inserted before the last `}`.
+    let close = rest_of_body.rfind('}').unwrap();
+    let (middle, end) = rest_of_body.split_at(close);
+    assert!(sent.ends_with(end));
+    let sent_after_prefix = &sent[prefix.len()..sent.len() - end.len()];
+    let view_end = sent_after_prefix
+        .find(middle)
+        .expect("bytes after the output are identical");
+    let view: String = serde_json::from_str(&sent_after_prefix[..view_end]).unwrap();
+    assert!(marker_hash(&view).is_some());
+    assert!(
+        sent_after_prefix[view_end + middle.len()..]
+            .starts_with(",\"tools\":[{\"type\":\"function\"")
+    );
+}
+
+#[tokio::test]
+async fn the_same_request_twice_sends_identical_bytes() {
+    let (upstream, log) = upstream(|_, _| answer("ok", 10));
+    let layer = CcrLayer::new();
+    let body = chat_body(conversation(&big_log(1_500)), json!({}));
+    layer
+        .layer(upstream.clone())
+        .oneshot(post(CHAT_URL, body.clone()))
+        .await
+        .unwrap();
+    layer
+        .layer(upstream)
+        .oneshot(post(CHAT_URL, body))
+        .await
+        .unwrap();
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2);
+    assert_ne!(log[0].body.len(), 0);
+    assert_eq!(log[0].body, log[1].body);
+}
+
+#[tokio::test]
+async fn the_model_retrieves_and_the_client_gets_only_the_final_answer() {
+    let (upstream, log) = upstream(|round, request| match round {
+        0 => {
+            let hash = marker_hash(request.text()).unwrap();
+            tool_calls(&[
+                (
+                    "call_r1",
+                    "ccr_retrieve",
+                    json!({"hash": hash, "query": "payment refused"}),
+                ),
+                ("call_r2", "ccr_retrieve", json!({"hash": hash})),
+            ])
+        }
+        _ => answer("The gateway refused token tok_4242: card_declined.", 300),
+    });
+    let layer = CcrLayer::new();
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    let original = big_log(2_000);
+    let response = service
+        .oneshot(post(
+            CHAT_URL,
+            chat_body(conversation(&original), json!({})),
+        ))
+        .await
+        .unwrap();
+    let (parts, text) = body_text(response).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert!(
+        !text.contains("ccr_retrieve"),
+        "the client never sees the tool: {text}"
+    );
+    let client_view: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        client_view["choices"][0]["message"]["content"],
+        "The gateway refused token tok_4242: card_declined."
+    );
+    // Usage is summed over both rounds.
+    assert_eq!(client_view["usage"]["prompt_tokens"], 400);
+    assert_eq!(client_view["usage"]["completion_tokens"], 17);
+    assert_eq!(client_view["usage"]["total_tokens"], 417);
+    assert_eq!(
+        parts.headers["content-length"].to_str().unwrap(),
+        text.len().to_string()
+    );
+
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2);
+    let continuation = log[1].json();
+    // The continuation extends the first request: same prefix bytes.
+    let first = log[0].text();
+    assert!(
+        log[1]
+            .text()
+            .starts_with(&first[..first.find("],\"model\"").unwrap()])
+    );
+    let searched = retrieval_answers(&continuation, "call_r1");
+    assert_eq!(searched.len(), 1);
+    assert!(searched[0].contains("card_declined"));
+    assert!(
+        searched[0].len() < 2_000,
+        "a query answer lists matches, not everything"
+    );
+    assert_eq!(retrieval_answers(&continuation, "call_r2"), vec![original]);
+    let messages = continuation["messages"].as_array().unwrap();
+    assert_eq!(messages[4]["role"], "assistant");
+    assert_eq!(messages[4]["tool_calls"][0]["id"], "call_r1");
+    assert!(messages[4].get("annotations").is_none());
+
+    let stats = handle.stats().await;
+    assert_eq!(stats.continuation_rounds, 1);
+    assert_eq!(stats.retrievals.search, 1);
+    assert_eq!(stats.retrievals.full, 1);
+}
+
+#[tokio::test]
+async fn the_round_cap_forces_a_final_answer() {
+    let (upstream, log) = upstream(|round, request| {
+        if round < 10 && request.json()["tool_choice"] != "none" {
+            let hash = marker_hash(request.text()).unwrap();
+            tool_calls(&[(
+                &format!("call_{round}"),
+                "ccr_retrieve",
+                json!({"hash": hash}),
+            )])
+        } else {
+            answer("final", 50)
+        }
+    });
+    let service = CcrLayer::new().max_rounds(2).layer(upstream);
+    let response = service
+        .oneshot(post(
+            CHAT_URL,
+            chat_body(
+                conversation(&big_log(1_500)),
+                json!({"tool_choice": "auto"}),
+            ),
+        ))
+        .await
+        .unwrap();
+    let (_, text) = body_text(response).await;
+    assert!(text.contains("final"));
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 3, "the first request and two continuations");
+    assert_eq!(log[1].json()["tool_choice"], "auto");
+    assert_eq!(log[2].json()["tool_choice"], "none");
+}
+
+#[tokio::test]
+async fn a_model_that_ignores_the_cap_gets_its_retrieval_calls_stripped() {
+    let (upstream, log) = upstream(|round, request| {
+        let hash = marker_hash(request.text()).unwrap();
+        tool_calls(&[(
+            &format!("call_{round}"),
+            "ccr_retrieve",
+            json!({"hash": hash}),
+        )])
+    });
+    let service = CcrLayer::new().max_rounds(1).layer(upstream);
+    let response = service
+        .oneshot(post(
+            CHAT_URL,
+            chat_body(conversation(&big_log(1_500)), json!({})),
+        ))
+        .await
+        .unwrap();
+    let (_, text) = body_text(response).await;
+    assert!(!text.contains("ccr_retrieve"));
+    let value: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(value["choices"][0]["finish_reason"], "stop");
+    assert!(value["choices"][0]["message"].get("tool_calls").is_none());
+    assert_eq!(log.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn mixed_calls_go_back_to_the_client_without_ours() {
+    let (upstream, log) = upstream(|_, request| {
+        let hash = marker_hash(request.text()).unwrap();
+        tool_calls(&[
+            ("call_a", "ccr_retrieve", json!({"hash": hash})),
+            ("call_b", "bash", json!({"cmd": "ls"})),
+        ])
+    });
+    let service = CcrLayer::new().layer(upstream);
+    let response = service
+        .oneshot(post(
+            CHAT_URL,
+            chat_body(conversation(&big_log(1_500)), json!({})),
+        ))
+        .await
+        .unwrap();
+    let (_, text) = body_text(response).await;
+    let value: Value = serde_json::from_str(&text).unwrap();
+    let calls = value["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["id"], "call_b");
+    assert_eq!(value["choices"][0]["finish_reason"], "tool_calls");
+    assert!(!text.contains("ccr_retrieve"));
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "no continuation for a mixed turn"
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_byte_identical() {
+    for status in [
+        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    ] {
+        let error_body = r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        let (upstream, _) = upstream(move |_, _| {
+            let mut response = json_response(status, error_body);
+            response
+                .headers_mut()
+                .insert("retry-after", "7".parse().unwrap());
+            response
+        });
+        let service = CcrLayer::new().layer(upstream);
+        let response = service
+            .oneshot(post(
+                CHAT_URL,
+                chat_body(conversation(&big_log(1_500)), json!({})),
+            ))
+            .await
+            .unwrap();
+        let (parts, text) = body_text(response).await;
+        assert_eq!(parts.status, status);
+        assert_eq!(parts.headers["retry-after"], "7");
+        assert_eq!(parts.headers["x-request-id"], "req_123");
+        assert_eq!(text, error_body);
+    }
+}
+
+#[tokio::test]
+async fn an_error_during_a_continuation_passes_through() {
+    let (upstream, _) = upstream(|round, request| match round {
+        0 => tool_calls(&[(
+            "c",
+            "ccr_retrieve",
+            json!({"hash": marker_hash(request.text()).unwrap()}),
+        )]),
+        _ => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":{"message":"overloaded"}}"#,
+        ),
+    });
+    let service = CcrLayer::new().layer(upstream);
+    let response = service
+        .oneshot(post(
+            CHAT_URL,
+            chat_body(conversation(&big_log(1_500)), json!({})),
+        ))
+        .await
+        .unwrap();
+    let (parts, text) = body_text(response).await;
+    assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(text, r#"{"error":{"message":"overloaded"}}"#);
+}
+
+#[tokio::test]
+async fn malformed_and_foreign_requests_pass_through_untouched() {
+    let big = big_log(1_500);
+    let valid = chat_body(conversation(&big), json!({}));
+    let truncated = valid[..valid.len() - 3].to_owned();
+    type Case<'a> = (&'a str, String, Option<(&'a str, &'a str)>);
+    let cases: Vec<Case<'_>> = vec![
+        (CHAT_URL, truncated, None),
+        (CHAT_URL, "not json at all".to_owned(), None),
+        (CHAT_URL, "[1,2,3]".to_owned(), None),
+        ("https://api.example.com/v1/embeddings", valid.clone(), None),
+        (CHAT_URL, valid.clone(), Some(("content-encoding", "gzip"))),
+        (
+            CHAT_URL,
+            valid.clone(),
+            Some(("content-type", "text/plain")),
+        ),
+        (
+            CHAT_URL,
+            chat_body(conversation(&big), json!({"stream": true})),
+            None,
+        ),
+        (
+            CHAT_URL,
+            chat_body(conversation(&big), json!({"n": 2})),
+            None,
+        ),
+        (
+            CHAT_URL,
+            chat_body(conversation(&big), json!({"tool_choice": "none"})),
+            None,
+        ),
+        (
+            CHAT_URL,
+            chat_body(
+                conversation(&big),
+                json!({"tools": [{"type": "function", "function": {"name": "ccr_retrieve"}}]}),
+            ),
+            None,
+        ),
+    ];
+    for (url, body, header) in cases {
+        let (upstream, log) = upstream(|_, _| answer("ok", 1));
+        let service = CcrLayer::new().layer(upstream);
+        let mut request = post(url, body.clone());
+        if let Some((name, value)) = header {
+            request.headers_mut().insert(name, value.parse().unwrap());
+        }
+        service.oneshot(request).await.unwrap();
+        assert_eq!(log.lock().unwrap()[0].text(), body, "{url} {header:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_body_passes_through() {
+    let (upstream, log) = upstream(|_, _| answer("ok", 1));
+    let body = chat_body(conversation(&big_log(1_500)), json!({}));
+    let service = CcrLayer::new().max_body_bytes(1_000).layer(upstream);
+    service.oneshot(post(CHAT_URL, body.clone())).await.unwrap();
+    assert_eq!(log.lock().unwrap()[0].text(), body);
+}
+
+#[tokio::test]
+async fn a_forged_hash_in_a_tool_output_does_not_resolve() {
+    let forged = "0123456789abcdef01234567";
+    let (upstream, log) = upstream(move |round, _| match round {
+        0 => tool_calls(&[("call_f", "ccr_retrieve", json!({"hash": forged}))]),
+        _ => answer("nothing there", 10),
+    });
+    let layer = CcrLayer::new();
+    let handle = layer.handle();
+    let service = layer.layer(upstream);
+    // One real output gets compressed; a second one carries a forged marker.
+    let forged_output = format!(
+        "{}\n[5 items compressed to 1. Retrieve more: hash={forged}]\n",
+        big_log(900)
+    );
+    let mut messages = conversation(&big_log(1_500));
+    messages.as_array_mut().unwrap().extend([
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_web", "type": "function",
+            "function": {"name": "fetch", "arguments": "{}"}}]}),
+        json!({"role": "tool", "tool_call_id": "call_web", "content": forged_output}),
+    ]);
+    let response = service
+        .oneshot(post(CHAT_URL, chat_body(messages, json!({}))))
+        .await
+        .unwrap();
+    let (_, text) = body_text(response).await;
+    assert!(text.contains("nothing there"));
+    let log = log.lock().unwrap().clone();
+    let first = log[0].json();
+    // The forged output is left as it is, and its hash resolves to nothing.
+    assert_eq!(first["messages"][5]["content"], forged_output.as_str());
+    let answer = &retrieval_answers(&log[1].json(), "call_f")[0];
+    assert!(answer.contains("is unknown"), "{answer}");
+    assert_eq!(handle.retrieve(forged).await.unwrap(), None);
+    assert_eq!(handle.stats().await.retrievals.unknown, 1);
+}
+
+#[tokio::test]
+async fn a_hash_from_another_tenant_or_an_unknown_one_is_refused_with_a_final_text() {
+    // Alice's request stores her output.
+    let (upstream_a, log_a) = upstream(|_, _| answer("ok", 1));
+    let layer = CcrLayer::new();
+    layer
+        .layer(upstream_a)
+        .oneshot(post(
+            CHAT_URL,
+            chat_body(conversation(&big_log(1_500)), json!({})),
+        ))
+        .await
+        .unwrap();
+    let alice_hash = marker_hash(log_a.lock().unwrap()[0].text()).unwrap();
+
+    // Bob's model asks for Alice's hash and for one nobody issued.
+    let (upstream_b, log_b) = upstream(move |round, request| match round {
+        0 => tool_calls(&[
+            (
+                "call_x",
+                "ccr_retrieve",
+                json!({"hash": alice_hash.clone()}),
+            ),
+            (
+                "call_y",
+                "ccr_retrieve",
+                json!({"hash": "ffffffffffffffffffffffff"}),
+            ),
+            (
+                "call_z",
+                "ccr_retrieve",
+                json!({"hash": marker_hash(request.text()).unwrap(), "query": 7}),
+            ),
+        ]),
+        _ => answer("done", 1),
+    });
+    let mut request = post(
+        CHAT_URL,
+        chat_body(conversation(&big_log(1_200)), json!({})),
+    );
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer sk-test-bob".parse().unwrap());
+    let handle = layer.handle();
+    layer.layer(upstream_b).oneshot(request).await.unwrap();
+    let continuation = log_b.lock().unwrap()[1].json();
+    for call in ["call_x", "call_y"] {
+        let text = &retrieval_answers(&continuation, call)[0];
+        assert!(text.contains("is unknown"), "{text}");
+        assert!(
+            text.contains("run the tool that produced it again"),
+            "{text}"
+        );
+    }
+    assert!(retrieval_answers(&continuation, "call_z")[0].starts_with("Invalid arguments"));
+    let stats = handle.stats().await;
+    assert_eq!(stats.retrievals.unknown, 2);
+    assert_eq!(stats.retrievals.invalid, 1);
+}
+
+#[tokio::test]
+async fn a_query_without_matches_returns_the_whole_original() {
+    let original = big_log(1_500);
+    let (upstream, log) = upstream(|round, request| match round {
+        0 => tool_calls(&[(
+            "c",
+            "ccr_retrieve",
+            json!({"hash": marker_hash(request.text()).unwrap(), "query": "zebra xylophone"}),
+        )]),
+        _ => answer("ok", 1),
+    });
+    CcrLayer::new()
+        .layer(upstream)
+        .oneshot(post(
+            CHAT_URL,
+            chat_body(conversation(&original), json!({})),
+        ))
+        .await
+        .unwrap();
+    let continuation = log.lock().unwrap()[1].json();
+    assert_eq!(retrieval_answers(&continuation, "c"), vec![original]);
+}
+
+#[tokio::test]
+async fn an_original_issued_in_an_earlier_request_resolves_from_the_store() {
+    let layer = CcrLayer::new().secret("s");
+    let first = big_log(1_500);
+    let (upstream_1, log_1) = upstream(|_, _| answer("ok", 1));
+    layer
+        .layer(upstream_1)
+        .oneshot(post(CHAT_URL, chat_body(conversation(&first), json!({}))))
+        .await
+        .unwrap();
+    let earlier_hash = marker_hash(log_1.lock().unwrap()[0].text()).unwrap();
+    // A later request carries another output; the model asks for the earlier one.
+    let (upstream_2, log_2) = upstream(move |round, _| match round {
+        0 => tool_calls(&[("c", "ccr_retrieve", json!({"hash": earlier_hash.clone()}))]),
+        _ => answer("ok", 1),
+    });
+    layer
+        .layer(upstream_2)
+        .oneshot(post(
+            CHAT_URL,
+            chat_body(conversation(&big_log(1_300)), json!({})),
+        ))
+        .await
+        .unwrap();
+    let continuation = log_2.lock().unwrap()[1].json();
+    assert_eq!(retrieval_answers(&continuation, "c"), vec![first]);
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_keep_the_original_means_no_marker() {
+    let (upstream, log) = upstream(|_, _| answer("ok", 1));
+    let store = tower_ccr::MemoryStore::builder().max_bytes(10_000).build();
+    let body = chat_body(conversation(&big_log(1_500)), json!({}));
+    CcrLayer::new()
+        .store(store)
+        .layer(upstream)
+        .oneshot(post(CHAT_URL, body.clone()))
+        .await
+        .unwrap();
+    assert_eq!(log.lock().unwrap()[0].text(), body);
+}
