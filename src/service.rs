@@ -114,6 +114,9 @@ struct Prepared {
     /// Ids whose markers this request carries, with their originals.
     issued: HashMap<EntryId, Arc<str>>,
     tenant: TenantId,
+    /// Whether the retrieval tool was added (at least one marker went out). Without it, the
+    /// response is none of the layer's business.
+    tool_injected: bool,
 }
 
 async fn run<S, B, ResBody>(
@@ -232,22 +235,23 @@ async fn prepare(
             return Ok(None);
         }
     };
-    let outputs = match inspection {
+    let (outputs, redeemable) = match inspection {
         Inspection::Skip(reason) => {
             tracing::debug!(api = adapter.name(), reason, "request passed through");
             return Ok(None);
         }
-        // Without a way for the model to call the tool, a marker could not be redeemed.
+        // Without a way for the model to call the tool, a marker could not be redeemed: only
+        // lossless views may go out then.
         Inspection::Outputs {
-            redeemable: false, ..
-        } => return Ok(None),
-        Inspection::Outputs { .. } if shared.max_rounds == 0 => return Ok(None),
-        Inspection::Outputs { outputs, .. } => outputs,
+            outputs,
+            redeemable,
+        } => (outputs, redeemable && shared.max_rounds > 0),
     };
     let tenant = shared.tenant_of(parts);
     let mut splice = Splice::default();
     let mut issued: HashMap<EntryId, Arc<str>> = HashMap::new();
-    let (mut tokens_before, mut tokens_after, mut compressed) = (0u64, 0u64, 0u64);
+    let (mut tokens_before, mut tokens_after, mut compressed, mut markers) =
+        (0u64, 0u64, 0u64, 0u64);
     for output in outputs {
         if output.text.contains(MARKER_TAG) {
             continue;
@@ -263,6 +267,16 @@ async fn prepare(
         let Some(view) = compress(&output.text, &context) else {
             continue;
         };
+        if view.lossless {
+            tokens_before += tokens as u64;
+            tokens_after += estimate_tokens(&view.text) as u64;
+            compressed += 1;
+            splice.replace(output.span, quote(&view.text));
+            continue;
+        }
+        if !redeemable {
+            continue;
+        }
         let id = shared.key.entry(&tenant, &output.text);
         if !issued.contains_key(&id) {
             let original: Arc<str> = Arc::from(output.text);
@@ -288,13 +302,16 @@ async fn prepare(
         tokens_before += tokens as u64;
         tokens_after += estimate_tokens(&replacement) as u64;
         compressed += 1;
+        markers += 1;
         tracing::debug!(id = %id, tokens, view_tokens = estimate_tokens(&replacement), "tool output compressed");
         splice.replace(output.span, quote(&replacement));
     }
     if splice.is_empty() {
         return Ok(None);
     }
-    adapter.inject_tool(body, &shared.tool_name, &mut splice)?;
+    if markers > 0 {
+        adapter.inject_tool(body, &shared.tool_name, &mut splice)?;
+    }
     let rewritten = splice.apply(body).ok_or("overlapping edits")?;
     let counters = &shared.counters;
     Counters::add(&counters.requests_rewritten, 1);
@@ -305,6 +322,7 @@ async fn prepare(
         body: rewritten,
         issued,
         tenant,
+        tool_injected: markers > 0,
     }))
 }
 
@@ -328,6 +346,7 @@ where
         body: mut request_body,
         issued,
         tenant,
+        tool_injected,
     } = prepared;
     let mut earlier_usage = Vec::new();
     let mut round = 0;
@@ -336,7 +355,7 @@ where
         .await
         .map_err(Into::into)?;
     loop {
-        if !inspectable(response.headers(), response.status()) {
+        if !tool_injected || !inspectable(response.headers(), response.status()) {
             return Ok(response.map(CcrBody::passthrough));
         }
         let (response_parts, body) = response.into_parts();

@@ -117,6 +117,7 @@ pub(crate) fn compress<'a>(items: &[&'a str], ctx: &CompressContext<'_>) -> View
         unit: "items",
         total,
         kept: kept.len(),
+        lossless: false,
     }
 }
 

@@ -95,6 +95,7 @@ pub(crate) fn compress(lines: &[&str], ctx: &CompressContext<'_>) -> View {
         unit: "lines",
         total,
         kept: kept.len(),
+        lossless: false,
     }
 }
 

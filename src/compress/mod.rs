@@ -33,6 +33,9 @@ pub struct View {
     pub total: usize,
     /// Items shown (whole or in part) in the view.
     pub kept: usize,
+    /// The view says everything the original says (minified JSON, a table of uniform objects):
+    /// it goes out as it is, with no marker, and nothing is stored.
+    pub lossless: bool,
 }
 
 /// Part of the marker the caller appends; an original that has it is already a view.
