@@ -78,6 +78,8 @@
 pub mod async_openai;
 mod body;
 mod compress;
+#[cfg(feature = "tiktoken")]
+mod exact_tokens;
 mod future;
 mod handle;
 mod id;
@@ -93,6 +95,8 @@ pub mod store;
 mod tokens;
 
 pub use body::CcrBody;
+#[cfg(feature = "tiktoken")]
+pub use exact_tokens::count_tokens;
 pub use future::ResponseFuture;
 pub use handle::{CcrHandle, RetrievalStats, Stats};
 pub use id::{EntryId, TenantId};
