@@ -223,11 +223,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for BorrowedKey<'a> {
     }
 }
 
-/// Adds the integer leaves of `earlier` (usage objects of earlier rounds) to the integer
-/// leaves of `last`, keeping `last`'s member order and every non-integer value as it is.
+/// How deep a usage object is summed; deeper values are copied as they are (real usage objects
+/// nest two levels, and an upstream body must not be able to exhaust the stack).
+const MAX_USAGE_DEPTH: usize = 4;
+
+/// Adds the numbers of `earlier` (usage objects of earlier rounds) to the numbers of `last`,
+/// keeping `last`'s member order and every other value as it is. Integers stay integers.
 pub(crate) fn sum_usage(last: &RawValue, earlier: &[serde_json::Value]) -> String {
-    let Ok(object) = serde_json::from_str::<OrderedObject<'_>>(last.get()) else {
-        return last.get().to_owned();
+    sum_usage_at(last, earlier, 0)
+}
+
+fn sum_usage_at(last: &RawValue, earlier: &[serde_json::Value], depth: usize) -> String {
+    let text = last.get();
+    if depth >= MAX_USAGE_DEPTH {
+        return text.to_owned();
+    }
+    let Ok(object) = serde_json::from_str::<OrderedObject<'_>>(text) else {
+        return text.to_owned();
     };
     let members: Vec<(String, String)> = object
         .0
@@ -239,13 +251,22 @@ pub(crate) fn sum_usage(last: &RawValue, earlier: &[serde_json::Value]) -> Strin
                 .collect();
             let text = value.get();
             let summed = if text.starts_with('{') {
-                sum_usage(value, &nested)
+                sum_usage_at(value, &nested, depth + 1)
             } else if let Ok(own) = text.parse::<u64>() {
-                let total = nested
+                nested
                     .iter()
                     .filter_map(serde_json::Value::as_u64)
-                    .fold(own, u64::saturating_add);
-                total.to_string()
+                    .fold(own, u64::saturating_add)
+                    .to_string()
+            } else if let Some(own) = text.parse::<f64>().ok().filter(|own| own.is_finite()) {
+                // Fractional counters (a cost in dollars, say).
+                let total = nested
+                    .iter()
+                    .filter_map(serde_json::Value::as_f64)
+                    .sum::<f64>()
+                    + own;
+                serde_json::Number::from_f64(total)
+                    .map_or_else(|| text.to_owned(), |n| n.to_string())
             } else {
                 text.to_owned()
             };
@@ -360,6 +381,22 @@ mod tests {
         assert_eq!(string_value(raw).unwrap(), "a\nb\u{e9}");
         let raw: &RawValue = serde_json::from_str("12").unwrap();
         assert!(string_value(raw).is_none());
+    }
+
+    #[test]
+    fn usage_sums_fractions_and_stops_at_depth() {
+        let last: &RawValue = serde_json::from_str(r#"{"cost":0.25,"total_tokens":3}"#).unwrap();
+        let earlier = vec![serde_json::json!({"cost":0.5,"total_tokens":2})];
+        assert_eq!(
+            sum_usage(last, &earlier),
+            r#"{"cost":0.75,"total_tokens":5}"#
+        );
+        // A usage object nested far deeper than any real one is not walked (and cannot overflow
+        // the stack).
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(50_000), "}".repeat(50_000));
+        let deep: &RawValue = serde_json::from_str(&deep).unwrap();
+        let out = sum_usage(deep, &[serde_json::json!({"a": {"a": 1}})]);
+        assert!(out.starts_with(r#"{"a":{"a":{"a":{"a":{"a":"#));
     }
 
     #[test]

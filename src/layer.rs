@@ -23,9 +23,16 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 type TenantFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 
+/// The headers that carry an API credential, in the order they are looked at: OpenAI and
+/// compatible servers (and Anthropic's newer SDKs) use `Authorization`, Azure OpenAI `api-key`,
+/// Anthropic `x-api-key`, Gemini `x-goog-api-key`.
+const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "api-key", "x-api-key", "x-goog-api-key"];
+
 /// Where the tenant of a request comes from.
 #[derive(Clone)]
 pub(crate) enum TenantSource {
+    /// The first credential header present (the default).
+    Credentials,
     /// The value of a header (the credential by default), hashed with the id key.
     Header(HeaderName),
     /// A user function; `None` means the anonymous tenant.
@@ -50,6 +57,10 @@ impl Shared {
     /// The tenant of a request.
     pub(crate) fn tenant_of(&self, parts: &http::request::Parts) -> crate::TenantId {
         let credential = match &self.tenant {
+            TenantSource::Credentials => CREDENTIAL_HEADERS
+                .iter()
+                .find_map(|name| parts.headers.get(*name))
+                .map(|value| value.as_bytes().to_vec()),
             TenantSource::Header(name) => parts
                 .headers
                 .get(name)
@@ -109,7 +120,8 @@ impl fmt::Debug for CcrLayer {
 impl CcrLayer {
     /// A layer with the defaults: outputs from 1,000 estimated tokens up are compressed, up to
     /// 3 retrieval rounds, originals kept 30 minutes after their last use (24 hours at most)
-    /// in a 256 MiB [`MemoryStore`], tenant from the `Authorization` header, a random secret.
+    /// in a 256 MiB [`MemoryStore`], the tenant from the request's credential header
+    /// (`Authorization`, `api-key`, `x-api-key` or `x-goog-api-key`), a random secret.
     pub fn new() -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -119,7 +131,7 @@ impl CcrLayer {
                 tool_name: Arc::from(DEFAULT_TOOL_NAME),
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 key: IdKey::random(),
-                tenant: TenantSource::Header(http::header::AUTHORIZATION),
+                tenant: TenantSource::Credentials,
                 store: Arc::new(MemoryStore::new()),
                 counters: Arc::new(Counters::default()),
             }),
@@ -184,7 +196,8 @@ impl CcrLayer {
         self.with(|s| s.key = key)
     }
 
-    /// Take the tenant from this header (default `Authorization`). Its value is hashed with the
+    /// Take the tenant from this header only (default: the first credential header present of
+    /// `Authorization`, `api-key`, `x-api-key`, `x-goog-api-key`). Its value is hashed with the
     /// secret; requests without it share the anonymous tenant.
     pub fn tenant_header(self, name: HeaderName) -> Self {
         self.with(|s| s.tenant = TenantSource::Header(name))

@@ -23,11 +23,14 @@ struct Arguments {
     query: Option<String>,
 }
 
-/// The text the model gets for one retrieval call with `arguments` (a JSON text).
+/// The text the model gets for one retrieval call with `arguments` (a JSON text). `conversation`
+/// is the request the call answers: a stored id resolves only when it appears in it (the model
+/// can only have learned a real id from its own conversation).
 pub(crate) async fn answer(
     shared: &Shared,
     tenant: &TenantId,
     issued: &HashMap<EntryId, Arc<str>>,
+    conversation: &str,
     arguments: &str,
 ) -> String {
     let counters = &shared.counters;
@@ -41,17 +44,22 @@ pub(crate) async fn answer(
             shared.tool_name
         );
     };
+    let in_conversation =
+        || memchr::memmem::find(conversation.as_bytes(), id.as_str().as_bytes()).is_some();
     let original = match issued.get(&id) {
         Some(original) => original.clone(),
+        None if !in_conversation() => {
+            Counters::add(&counters.retrievals_unknown, 1);
+            tracing::debug!(id = %id, "retrieval of an id foreign to the conversation");
+            return unknown(&id);
+        }
         None => match shared.store.get(id.clone(), shared.retention).await {
             Ok(Lookup::Found(entry)) if entry.tenant == *tenant => entry.original,
             // Another tenant's id is not this tenant's business: it is unknown here.
             Ok(Lookup::Found(_) | Lookup::Missing) => {
                 Counters::add(&counters.retrievals_unknown, 1);
                 tracing::debug!(id = %id, "retrieval of an unknown id");
-                return format!(
-                    "hash={id} is unknown: it was not issued in this conversation, so there is nothing to retrieve. Do not retry it; if you need the data, run the tool that produced it again."
-                );
+                return unknown(&id);
             }
             Ok(Lookup::Expired) => {
                 Counters::add(&counters.retrievals_expired, 1);
@@ -87,6 +95,12 @@ pub(crate) async fn answer(
             original.to_string()
         }
     }
+}
+
+fn unknown(id: &EntryId) -> String {
+    format!(
+        "hash={id} is unknown: it was not issued in this conversation, so there is nothing to retrieve. Do not retry it; if you need the data, run the tool that produced it again."
+    )
 }
 
 fn render_search(id: &EntryId, query: &str, result: &search::SearchResult) -> String {

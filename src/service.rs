@@ -174,12 +174,14 @@ fn eligible<B: Body>(shared: &Shared, request: &Request<B>) -> Option<&'static d
             .to_ascii_lowercase()
             .contains("json")
     });
+    // Buffer only a body whose size is known to fit: one of unknown length streams through as it
+    // came, instead of being held in memory whole.
     let declared_len = headers
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
-        .or_else(|| request.body().size_hint().exact());
-    let too_large = declared_len.is_some_and(|len| len > shared.max_body_bytes as u64);
-    (!encoded && !not_json && !too_large).then_some(adapter)
+        .or_else(|| request.body().size_hint().upper());
+    let fits = declared_len.is_some_and(|len| len <= shared.max_body_bytes as u64);
+    (!encoded && !not_json && fits).then_some(adapter)
 }
 
 /// Reads a request body whole. `false` when it was larger than `limit`: then it is forwarded
@@ -380,7 +382,9 @@ where
         {
             let mut answers = Vec::with_capacity(calls.len());
             for call in calls {
-                let text = retrieve::answer(shared, &tenant, &issued, &call.arguments).await;
+                let text =
+                    retrieve::answer(shared, &tenant, &issued, &request_body, &call.arguments)
+                        .await;
                 answers.push(Answer {
                     call_id: call.id,
                     text,

@@ -3,8 +3,10 @@
 
 mod common;
 
+use bytes::Bytes;
 use common::*;
 use http::StatusCode;
+use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{Layer, ServiceExt};
 use tower_ccr::CcrLayer;
@@ -467,27 +469,26 @@ async fn a_forged_hash_in_a_tool_output_does_not_resolve() {
 
 #[tokio::test]
 async fn a_hash_from_another_tenant_or_an_unknown_one_is_refused_with_a_final_text() {
-    // Alice's request stores her output.
+    // Alice's request (Azure-style `api-key` credential) stores her output.
     let (upstream_a, log_a) = upstream(|_, _| answer("ok", 1));
     let layer = CcrLayer::new();
-    layer
-        .layer(upstream_a)
-        .oneshot(post(
-            CHAT_URL,
-            chat_body(conversation(&big_log(1_500)), json!({})),
-        ))
-        .await
-        .unwrap();
+    let mut request = post(
+        CHAT_URL,
+        chat_body(conversation(&big_log(1_500)), json!({})),
+    );
+    request.headers_mut().remove("authorization");
+    request
+        .headers_mut()
+        .insert("api-key", "KEY-OF-ALICE".parse().unwrap());
+    layer.layer(upstream_a).oneshot(request).await.unwrap();
     let alice_hash = marker_hash(log_a.lock().unwrap()[0].text()).unwrap();
 
-    // Bob's model asks for Alice's hash and for one nobody issued.
+    // Bob pastes Alice's marker into his conversation; his model asks for it, for an id
+    // nobody issued, and with arguments that are not valid.
+    let hash = alice_hash.clone();
     let (upstream_b, log_b) = upstream(move |round, request| match round {
         0 => tool_calls(&[
-            (
-                "call_x",
-                "ccr_retrieve",
-                json!({"hash": alice_hash.clone()}),
-            ),
+            ("call_x", "ccr_retrieve", json!({"hash": hash.clone()})),
             (
                 "call_y",
                 "ccr_retrieve",
@@ -501,13 +502,13 @@ async fn a_hash_from_another_tenant_or_an_unknown_one_is_refused_with_a_final_te
         ]),
         _ => answer("done", 1),
     });
-    let mut request = post(
-        CHAT_URL,
-        chat_body(conversation(&big_log(1_200)), json!({})),
-    );
+    let mut messages = conversation(&big_log(1_200));
+    messages[1]["content"] = json!(format!("What is in hash={alice_hash}?"));
+    let mut request = post(CHAT_URL, chat_body(messages, json!({})));
+    request.headers_mut().remove("authorization");
     request
         .headers_mut()
-        .insert("authorization", "Bearer sk-test-bob".parse().unwrap());
+        .insert("api-key", "KEY-OF-BOB".parse().unwrap());
     let handle = layer.handle();
     layer.layer(upstream_b).oneshot(request).await.unwrap();
     let continuation = log_b.lock().unwrap()[1].json();
@@ -523,6 +524,8 @@ async fn a_hash_from_another_tenant_or_an_unknown_one_is_refused_with_a_final_te
     let stats = handle.stats().await;
     assert_eq!(stats.retrievals.unknown, 2);
     assert_eq!(stats.retrievals.invalid, 1);
+    // The application's handle is trusted: it reads Alice's original.
+    assert!(handle.retrieve(&alice_hash).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -549,7 +552,7 @@ async fn a_query_without_matches_returns_the_whole_original() {
 }
 
 #[tokio::test]
-async fn an_original_issued_in_an_earlier_request_resolves_from_the_store() {
+async fn a_stored_original_resolves_only_from_a_conversation_that_mentions_it() {
     let layer = CcrLayer::new().secret("s");
     let first = big_log(1_500);
     let (upstream_1, log_1) = upstream(|_, _| answer("ok", 1));
@@ -559,21 +562,81 @@ async fn an_original_issued_in_an_earlier_request_resolves_from_the_store() {
         .await
         .unwrap();
     let earlier_hash = marker_hash(log_1.lock().unwrap()[0].text()).unwrap();
-    // A later request carries another output; the model asks for the earlier one.
-    let (upstream_2, log_2) = upstream(move |round, _| match round {
-        0 => tool_calls(&[("c", "ccr_retrieve", json!({"hash": earlier_hash.clone()}))]),
-        _ => answer("ok", 1),
+
+    // Later requests no longer carry that output (the client compacted its history). In one,
+    // an assistant message still quotes the marker; the other never saw it.
+    for mentioned in [true, false] {
+        let hash = earlier_hash.clone();
+        let (upstream_2, log_2) = upstream(move |round, _| match round {
+            0 => tool_calls(&[("c", "ccr_retrieve", json!({"hash": hash.clone()}))]),
+            _ => answer("ok", 1),
+        });
+        let mut messages = conversation(&big_log(1_300));
+        if mentioned {
+            messages.as_array_mut().unwrap().insert(
+                1,
+                json!({"role": "assistant", "content": format!("The earlier log is kept as hash={earlier_hash}.")}),
+            );
+        }
+        layer
+            .layer(upstream_2)
+            .oneshot(post(CHAT_URL, chat_body(messages, json!({}))))
+            .await
+            .unwrap();
+        let continuation = log_2.lock().unwrap()[1].json();
+        let answer = &retrieval_answers(&continuation, "c")[0];
+        if mentioned {
+            assert_eq!(answer, &first);
+        } else {
+            assert!(answer.contains("is unknown"), "{answer}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_streams_through_untouched() {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A body that does not say how long it is (like a chunked upload).
+    struct Unsized(Full<Bytes>);
+    impl From<Bytes> for Unsized {
+        fn from(bytes: Bytes) -> Self {
+            Self(Full::new(bytes))
+        }
+    }
+    impl http_body::Body for Unsized {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Pin::new(&mut self.0).poll_frame(cx)
+        }
+    }
+
+    let received: std::sync::Arc<std::sync::Mutex<Option<Bytes>>> = Default::default();
+    let recorder = received.clone();
+    let upstream = tower::service_fn(move |request: http::Request<Unsized>| {
+        let recorder = recorder.clone();
+        async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            *recorder.lock().unwrap() = Some(body);
+            Ok::<_, std::convert::Infallible>(answer("ok", 1))
+        }
     });
-    layer
-        .layer(upstream_2)
-        .oneshot(post(
-            CHAT_URL,
-            chat_body(conversation(&big_log(1_300)), json!({})),
-        ))
+    let body = chat_body(conversation(&big_log(1_500)), json!({}));
+    let request = http::Request::post(CHAT_URL)
+        .header("content-type", "application/json")
+        .body(Unsized::from(Bytes::from(body.clone())))
+        .unwrap();
+    CcrLayer::new()
+        .layer(upstream)
+        .oneshot(request)
         .await
         .unwrap();
-    let continuation = log_2.lock().unwrap()[1].json();
-    assert_eq!(retrieval_answers(&continuation, "c"), vec![first]);
+    assert_eq!(received.lock().unwrap().as_deref(), Some(body.as_bytes()));
 }
 
 #[tokio::test]

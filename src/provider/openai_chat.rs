@@ -29,6 +29,84 @@ struct FunctionCall {
     arguments: Option<String>,
 }
 
+/// A tool call of a response, read leniently: servers that speak Chat Completions do not all
+/// send `arguments` as a string, or an `id`. A call is ours by its name alone.
+struct ResponseCall<'a> {
+    raw: &'a RawValue,
+    members: OrderedObject<'a>,
+    name: Option<String>,
+    /// The arguments as JSON text: the string unescaped, or any other value as it is.
+    arguments: String,
+}
+
+impl<'a> ResponseCall<'a> {
+    fn read(raw: &'a RawValue) -> Result<Self, Malformed> {
+        let members = object(raw.get())?;
+        let function = members.get("function").and_then(|f| object(f.get()).ok());
+        let name = function
+            .as_ref()
+            .and_then(|f| f.get("name"))
+            .and_then(string_value)
+            .map(|n| n.into_owned());
+        let arguments = match function.as_ref().and_then(|f| f.get("arguments")) {
+            Some(raw) => string_value(raw).map_or_else(|| raw.get().to_owned(), |a| a.into_owned()),
+            None => String::new(),
+        };
+        Ok(Self {
+            raw,
+            members,
+            name,
+            arguments,
+        })
+    }
+
+    fn is(&self, tool_name: &str) -> bool {
+        self.name.as_deref() == Some(tool_name)
+    }
+
+    /// The call's id, or one made up from its position when the server sent none (the
+    /// continuation then carries the same made-up id on both sides).
+    fn id(&self, index: usize) -> String {
+        self.members
+            .get("id")
+            .and_then(string_value)
+            .filter(|id| !id.is_empty())
+            .map_or_else(|| format!("call_ccr_{index}"), |id| id.into_owned())
+    }
+
+    /// The call as it goes back in the continuation: as it came, with its id when it had none.
+    fn replayed(&self, index: usize) -> String {
+        if self
+            .members
+            .get("id")
+            .and_then(string_value)
+            .is_some_and(|id| !id.is_empty())
+        {
+            return self.raw.get().to_owned();
+        }
+        let id = quote(&self.id(index));
+        let members = std::iter::once(("id", id.as_str())).chain(
+            self.members
+                .0
+                .iter()
+                .filter(|(key, _)| key != "id")
+                .map(|(key, value)| (key.as_ref(), value.get())),
+        );
+        OrderedObject::render(members)
+    }
+}
+
+/// The tool calls of the message of a response choice (empty when it has none).
+fn response_calls<'a>(message: &OrderedObject<'a>) -> Result<Vec<ResponseCall<'a>>, Malformed> {
+    let Some(tool_calls) = message.get("tool_calls").filter(|t| !is_null(t)) else {
+        return Ok(Vec::new());
+    };
+    array(tool_calls.get())?
+        .into_iter()
+        .map(ResponseCall::read)
+        .collect()
+}
+
 fn object(text: &str) -> Result<OrderedObject<'_>, Malformed> {
     serde_json::from_str(text).map_err(|_| Malformed("expected a JSON object"))
 }
@@ -150,6 +228,23 @@ fn redeemable(request: &ChatRequest<'_>, tool_name: &str) -> bool {
     })
 }
 
+/// Most bytes of the user message and of the call's arguments that go into a query: enough for
+/// any question, and a bound on the compressors' work per output.
+const MAX_QUESTION_BYTES: usize = 2_000;
+const MAX_ARGUMENTS_BYTES: usize = 1_000;
+
+/// At most `max` bytes of `text`, cut on a char boundary.
+fn truncated(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// The conversation before message `index`: the last user message and the call (tool name,
 /// arguments) whose id is `call_id`.
 fn context_before(
@@ -178,11 +273,12 @@ fn context_before(
                 })
             })
     });
+    let last_user = truncated(last_user, MAX_QUESTION_BYTES);
     match call {
         Some(function) => (
             last_user,
             function.name,
-            function.arguments.unwrap_or_default(),
+            truncated(function.arguments.unwrap_or_default(), MAX_ARGUMENTS_BYTES),
         ),
         None => (last_user, None, String::new()),
     }
@@ -316,29 +412,20 @@ impl Adapter for OpenAiChat {
         let Some(message) = choice.get("message") else {
             return Ok(Turn::Other);
         };
-        let message = object(message.get())?;
-        let Some(tool_calls) = message.get("tool_calls").filter(|t| !is_null(t)) else {
+        let calls = response_calls(&object(message.get())?)?;
+        if calls.is_empty() || !calls.iter().all(|call| call.is(tool_name)) {
             return Ok(Turn::Other);
-        };
-        let mut calls = Vec::new();
-        for call in array(tool_calls.get())? {
-            let call: ToolCall =
-                serde_json::from_str(call.get()).map_err(|_| Malformed("tool call"))?;
-            match (call.id, call.function) {
-                (Some(id), Some(function)) if function.name.as_deref() == Some(tool_name) => {
-                    calls.push(Call {
-                        id,
-                        arguments: function.arguments.unwrap_or_default(),
-                    });
-                }
-                _ => return Ok(Turn::Other),
-            }
         }
-        Ok(if calls.is_empty() {
-            Turn::Other
-        } else {
-            Turn::Retrieve(calls)
-        })
+        Ok(Turn::Retrieve(
+            calls
+                .iter()
+                .enumerate()
+                .map(|(index, call)| Call {
+                    id: call.id(index),
+                    arguments: call.arguments.clone(),
+                })
+                .collect(),
+        ))
     }
 
     fn usage(&self, response: &str) -> Option<serde_json::Value> {
@@ -370,6 +457,16 @@ impl Adapter for OpenAiChat {
         let message = object(choice.get("message").ok_or(Malformed("no message"))?.get())?;
         // The assistant message as the model sent it, less what only responses carry, so that
         // provider-specific fields (reasoning, signatures) go back as they came.
+        let calls = response_calls(&message)?;
+        let replayed_calls = format!(
+            "[{}]",
+            calls
+                .iter()
+                .enumerate()
+                .map(|(index, call)| call.replayed(index))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         let mut members: Vec<(&str, &str)> = vec![("role", "\"assistant\"")];
         for (key, value) in &message.0 {
             let keep = match key.as_ref() {
@@ -377,7 +474,9 @@ impl Adapter for OpenAiChat {
                 "content" => true,
                 _ => !is_null(value),
             };
-            if keep {
+            if key == "tool_calls" {
+                members.push(("tool_calls", replayed_calls.as_str()));
+            } else if keep {
                 members.push((key.as_ref(), value.get()));
             }
         }
@@ -434,21 +533,11 @@ impl Adapter for OpenAiChat {
                     continue;
                 };
                 let message = object(message_raw.get())?;
-                let Some(tool_calls) = message.get("tool_calls").filter(|t| !is_null(t)) else {
-                    continue;
-                };
-                let calls = array(tool_calls.get())?;
+                let calls = response_calls(&message)?;
                 let kept: Vec<&str> = calls
                     .iter()
-                    .filter(|call| {
-                        serde_json::from_str::<ToolCall>(call.get())
-                            .ok()
-                            .and_then(|c| c.function)
-                            .and_then(|f| f.name)
-                            .as_deref()
-                            != Some(tool_name)
-                    })
-                    .map(|call| call.get())
+                    .filter(|call| !call.is(tool_name))
+                    .map(|call| call.raw.get())
                     .collect();
                 if kept.len() == calls.len() {
                     continue;
@@ -635,6 +724,50 @@ mod tests {
         assert_eq!(OpenAiChat.read_turn(&mixed, TOOL).unwrap(), Turn::Other);
         let answer = r#"{"choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"hi"}}]}"#;
         assert_eq!(OpenAiChat.read_turn(answer, TOOL).unwrap(), Turn::Other);
+    }
+
+    #[test]
+    fn retrieval_calls_are_recognised_by_name_alone() {
+        // Arguments as an object, and no id: a server that only mostly speaks the format.
+        let odd = r#"{"choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":null,"tool_calls":[{"type":"function","function":{"name":"ccr_retrieve","arguments":{"hash":"abc"}}}]}}]}"#;
+        assert_eq!(
+            OpenAiChat.read_turn(odd, TOOL).unwrap(),
+            Turn::Retrieve(vec![Call {
+                id: "call_ccr_0".into(),
+                arguments: r#"{"hash":"abc"}"#.into()
+            }])
+        );
+        let answers = [Answer {
+            call_id: "call_ccr_0".into(),
+            text: "orig".into(),
+        }];
+        let next = OpenAiChat
+            .continuation(r#"{"messages":[]}"#, odd, &answers, false)
+            .unwrap();
+        let next: serde_json::Value = serde_json::from_str(&next).unwrap();
+        assert_eq!(next["messages"][0]["tool_calls"][0]["id"], "call_ccr_0");
+        assert_eq!(next["messages"][1]["tool_call_id"], "call_ccr_0");
+        // Mixed with a client call: ours is stripped whatever its shape.
+        let mixed = odd.replace(
+            r#"}}}]}}]"#,
+            r#"}}},{"id":"c2","type":"function","function":{"name":"bash","arguments":"{}"}}]}}]"#,
+        );
+        assert_eq!(OpenAiChat.read_turn(&mixed, TOOL).unwrap(), Turn::Other);
+        let out = OpenAiChat.finalize(&mixed, TOOL, &[]).unwrap().unwrap();
+        assert!(!out.contains(TOOL), "{out}");
+        assert!(out.contains("c2"));
+    }
+
+    #[test]
+    fn the_query_is_bounded() {
+        let question = "why ".repeat(5_000);
+        let body = serde_json::json!({"messages": [
+            {"role": "user", "content": question},
+            {"role": "tool", "tool_call_id": "x", "content": "output"}
+        ]})
+        .to_string();
+        let (found, _) = outputs(&body);
+        assert!(found[0].query.len() <= MAX_QUESTION_BYTES);
     }
 
     #[test]

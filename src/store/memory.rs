@@ -16,15 +16,22 @@ const ENTRY_OVERHEAD: u64 = 160;
 /// How many expired-or-evicted ids are remembered, to tell "expired" from "unknown".
 const ISSUED_MEMORY: u64 = 1 << 17;
 
+/// When the store is full, evict down to this share of the budget (in percent), so that room is
+/// made in batches rather than on every write.
+const REFILL_PERCENT: u64 = 90;
+
 /// How often a write sweeps out entries whose time is up.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The default store: in process memory, on mini-moka, weighed in bytes.
 ///
-/// mini-moka admits new entries through TinyLFU: when the cache is full, a new entry can be
-/// dropped at the next maintenance pass although `insert` just made it visible. `put` therefore
-/// runs that pass and checks residency before it answers, so the layer never emits a marker for
-/// an entry that is already gone.
+/// mini-moka admits new entries through TinyLFU: when the cache is full, a new entry that has
+/// not been seen before is dropped at the next maintenance pass although `insert` just made it
+/// visible. Left alone, a full store would refuse every new original (and the layer would stop
+/// compressing new outputs). So `put` keeps room: when the new entry would not fit, it first
+/// evicts the least recently used entries (down to 90% of the budget, so this happens in
+/// batches), then inserts, runs the maintenance pass and checks residency before it answers:
+/// the layer never emits a marker for an entry that is already gone.
 ///
 /// # Clone
 /// `MemoryStore` is not `Clone`; share it as `Arc<MemoryStore>` (which is a [`Store`] too).
@@ -34,6 +41,8 @@ pub struct MemoryStore {
     issued: Cache<EntryId, ()>,
     epoch: Instant,
     last_sweep_ms: AtomicU64,
+    /// A counter of writes and reads, to order entries by recency exactly (milliseconds tie).
+    clock: AtomicU64,
     max_bytes: u64,
 }
 
@@ -41,6 +50,7 @@ struct Slot {
     entry: Entry,
     created_ms: u64,
     last_access_ms: AtomicU64,
+    last_use: AtomicU64,
 }
 
 impl Slot {
@@ -99,7 +109,7 @@ impl MemoryStore {
         self.sweep_if_due(now, retention);
         if let Some(slot) = self.entries.get(&id) {
             if !slot.is_expired(now, retention) && slot.entry == entry {
-                slot.last_access_ms.store(now, Ordering::Relaxed);
+                self.touch(&slot, now);
                 return true;
             }
             self.entries.invalidate(&id);
@@ -108,10 +118,13 @@ impl MemoryStore {
             entry,
             created_ms: now,
             last_access_ms: AtomicU64::new(now),
+            last_use: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
         });
-        if Self::weight(&id, &slot) > self.max_bytes.min(u64::from(u32::MAX)) {
+        let weight = Self::weight(&id, &slot);
+        if weight > self.max_bytes.min(u64::from(u32::MAX)) {
             return false;
         }
+        self.keep_room(weight);
         self.entries.insert(id.clone(), slot);
         // Run admission now: an entry TinyLFU rejects disappears here, not after the marker
         // went out.
@@ -127,7 +140,7 @@ impl MemoryStore {
         let now = self.now_ms();
         match self.entries.get(id) {
             Some(slot) if !slot.is_expired(now, retention) => {
-                slot.last_access_ms.store(now, Ordering::Relaxed);
+                self.touch(&slot, now);
                 Lookup::Found(slot.entry.clone())
             }
             Some(_) => {
@@ -137,6 +150,47 @@ impl MemoryStore {
             None if self.issued.contains_key(id) => Lookup::Expired,
             None => Lookup::Missing,
         }
+    }
+
+    fn touch(&self, slot: &Slot, now: u64) {
+        slot.last_access_ms.store(now, Ordering::Relaxed);
+        slot.last_use.store(
+            self.clock.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Evicts the least recently used entries when `weight` more bytes would not fit, so that
+    /// TinyLFU admission has nothing to refuse.
+    fn keep_room(&self, weight: u64) {
+        self.entries.sync();
+        if self.entries.weighted_size() + weight <= self.max_bytes {
+            return;
+        }
+        let target = (self.max_bytes / 100 * REFILL_PERCENT).saturating_sub(weight);
+        let mut by_age: Vec<(u64, EntryId, u64)> = self
+            .entries
+            .iter()
+            .map(|entry| {
+                let slot = entry.value();
+                let last_use = slot.last_use.load(Ordering::Relaxed);
+                (
+                    last_use,
+                    entry.key().clone(),
+                    Self::weight(entry.key(), slot),
+                )
+            })
+            .collect();
+        by_age.sort_unstable();
+        let mut size = self.entries.weighted_size();
+        for (_, id, weight) in by_age {
+            if size <= target {
+                break;
+            }
+            self.entries.invalidate(&id);
+            size = size.saturating_sub(weight);
+        }
+        self.entries.sync();
     }
 
     /// Drops entries whose time is up, at most once per [`SWEEP_INTERVAL`], so that originals
@@ -194,6 +248,7 @@ impl MemoryStoreBuilder {
             issued,
             epoch: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),
+            clock: AtomicU64::new(0),
             max_bytes: self.max_bytes,
         }
     }
@@ -279,6 +334,38 @@ mod tests {
         assert!(!resident.is_empty());
         store.entries.sync();
         assert!(store.entries.weighted_size() <= 64 * 1024);
+    }
+
+    #[test]
+    fn a_full_store_makes_room_for_new_originals_and_evicts_the_least_recently_used() {
+        let key = IdKey::from_secret(b"k");
+        let store = MemoryStore::builder().max_bytes(200_000).build();
+        let mut ids = Vec::new();
+        // Five times the budget, each original new: every one must be admitted.
+        for i in 0..100 {
+            let (id, e) = entry(&key, &format!("{i:05}").repeat(2_000));
+            assert!(
+                store.put_now(id.clone(), e, Retention::default()),
+                "put {i}"
+            );
+            ids.push(id);
+            // Keep the first original in use: it must survive.
+            assert!(matches!(
+                store.get_now(&ids[0], Retention::default()),
+                Lookup::Found(_)
+            ));
+        }
+        store.entries.sync();
+        assert!(store.entries.weighted_size() <= 200_000);
+        assert!(matches!(
+            store.get_now(&ids[99], Retention::default()),
+            Lookup::Found(_)
+        ));
+        // An evicted original reads as expired, not unknown.
+        assert_eq!(
+            store.get_now(&ids[1], Retention::default()),
+            Lookup::Expired
+        );
     }
 
     #[test]
