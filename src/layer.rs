@@ -28,6 +28,14 @@ type TenantFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 /// Anthropic `x-api-key`, Gemini `x-goog-api-key`.
 const CREDENTIAL_HEADERS: [&str; 4] = ["authorization", "api-key", "x-api-key", "x-goog-api-key"];
 
+/// Gemini also takes its API key as a `key` query parameter.
+fn key_query_parameter(uri: &http::Uri) -> Option<Vec<u8>> {
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("key="))
+        .map(|key| key.as_bytes().to_vec())
+}
+
 /// Where the tenant of a request comes from.
 #[derive(Clone)]
 pub(crate) enum TenantSource {
@@ -60,7 +68,8 @@ impl Shared {
             TenantSource::Credentials => CREDENTIAL_HEADERS
                 .iter()
                 .find_map(|name| parts.headers.get(*name))
-                .map(|value| value.as_bytes().to_vec()),
+                .map(|value| value.as_bytes().to_vec())
+                .or_else(|| key_query_parameter(&parts.uri)),
             TenantSource::Header(name) => parts
                 .headers
                 .get(name)
@@ -120,8 +129,9 @@ impl fmt::Debug for CcrLayer {
 impl CcrLayer {
     /// A layer with the defaults: outputs from 1,000 estimated tokens up are compressed, up to
     /// 3 retrieval rounds, originals kept 30 minutes after their last use (24 hours at most)
-    /// in a 256 MiB [`MemoryStore`], the tenant from the request's credential header
-    /// (`Authorization`, `api-key`, `x-api-key` or `x-goog-api-key`), a random secret.
+    /// in a 256 MiB [`MemoryStore`], the tenant from the request's credential (the first of the
+    /// `Authorization`, `api-key`, `x-api-key` and `x-goog-api-key` headers, or a `key` query
+    /// parameter), a random secret.
     pub fn new() -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -231,5 +241,61 @@ impl<S> Layer<S> for CcrLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         CcrService::new(inner, self.shared.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(layer: &CcrLayer, request: http::Request<()>) -> crate::TenantId {
+        layer.shared.tenant_of(&request.into_parts().0)
+    }
+
+    #[test]
+    fn the_default_tenant_comes_from_the_first_credential() {
+        let layer = CcrLayer::new();
+        let with = |name: &str, value: &str| {
+            http::Request::post("http://x/v1/chat/completions")
+                .header(name, value)
+                .body(())
+                .unwrap()
+        };
+        let anonymous = tenant(&layer, http::Request::post("http://x/").body(()).unwrap());
+        let alice = tenant(&layer, with("authorization", "Bearer alice"));
+        assert_ne!(alice, anonymous);
+        assert_eq!(alice, tenant(&layer, with("authorization", "Bearer alice")));
+        assert_ne!(alice, tenant(&layer, with("authorization", "Bearer bob")));
+        for header in ["api-key", "x-api-key", "x-goog-api-key"] {
+            assert_ne!(tenant(&layer, with(header, "k1")), anonymous, "{header}");
+            assert_ne!(
+                tenant(&layer, with(header, "k1")),
+                tenant(&layer, with(header, "k2"))
+            );
+        }
+        let by_query = |uri: &str| tenant(&layer, http::Request::post(uri).body(()).unwrap());
+        assert_ne!(
+            by_query("http://x/v1beta/models/m:generateContent?key=k1"),
+            anonymous
+        );
+        assert_ne!(
+            by_query("http://x/v1beta/models/m:generateContent?alt=sse&key=k1"),
+            by_query("http://x/v1beta/models/m:generateContent?key=k2")
+        );
+        // A configured header or function replaces the default.
+        let by_user = CcrLayer::new().tenant_with(|parts| {
+            parts
+                .headers
+                .get("x-user")
+                .map(|v| v.to_str().unwrap_or_default().to_owned())
+        });
+        assert_eq!(
+            tenant(&by_user, with("x-user", "u1")),
+            tenant(&by_user, with("x-user", "u1"))
+        );
+        assert_ne!(
+            tenant(&by_user, with("x-user", "u1")),
+            tenant(&by_user, with("x-user", "u2"))
+        );
     }
 }

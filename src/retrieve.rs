@@ -25,12 +25,14 @@ struct Arguments {
 
 /// The text the model gets for one retrieval call with `arguments` (a JSON text). `conversation`
 /// is the request the call answers: a stored id resolves only when it appears in it (the model
-/// can only have learned a real id from its own conversation).
+/// can only have learned a real id from its own conversation). `None` when the conversation's
+/// history lives upstream (its markers are not in the request): then any stored id of the
+/// tenant resolves.
 pub(crate) async fn answer(
     shared: &Shared,
     tenant: &TenantId,
     issued: &HashMap<EntryId, Arc<str>>,
-    conversation: &str,
+    conversation: Option<&str>,
     arguments: &str,
 ) -> String {
     let counters = &shared.counters;
@@ -44,8 +46,11 @@ pub(crate) async fn answer(
             shared.tool_name
         );
     };
-    let in_conversation =
-        || memchr::memmem::find(conversation.as_bytes(), id.as_str().as_bytes()).is_some();
+    let in_conversation = || {
+        conversation.is_none_or(|text| {
+            memchr::memmem::find(text.as_bytes(), id.as_str().as_bytes()).is_some()
+        })
+    };
     let original = match issued.get(&id) {
         Some(original) => original.clone(),
         None if !in_conversation() => {

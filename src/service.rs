@@ -21,12 +21,12 @@ use crate::compress::{CompressContext, compress};
 use crate::future::ResponseFuture;
 use crate::handle::Counters;
 use crate::id::{EntryId, TenantId};
-use crate::json::{self, Splice, quote};
+use crate::json::{Splice, quote};
 use crate::layer::Shared;
 use crate::marker::{MARKER_TAG, view_with_marker};
 use crate::provider::{self, Adapter, Answer, Inspection, Turn};
 use crate::retrieve;
-use crate::store::Entry;
+use crate::store::{Entry, Lookup};
 use crate::tokens::estimate_tokens;
 
 /// The service [`CcrLayer`](crate::CcrLayer) wraps around an HTTP client.
@@ -114,9 +114,46 @@ struct Prepared {
     /// Ids whose markers this request carries, with their originals.
     issued: HashMap<EntryId, Arc<str>>,
     tenant: TenantId,
-    /// Whether the retrieval tool was added (at least one marker went out). Without it, the
-    /// response is none of the layer's business.
+    /// Whether the retrieval tool was added (a marker went out, or the request continues an
+    /// upstream turn that had the tool). Without it, the response is none of the layer's
+    /// business.
     tool_injected: bool,
+    /// The upstream turn the request continues, when its history lives upstream.
+    upstream: Option<String>,
+}
+
+/// The store entry that records that an upstream turn (a response id, a conversation) carried
+/// the retrieval tool.
+fn upstream_turn_id(shared: &Shared, tenant: &TenantId, turn: &str) -> EntryId {
+    shared
+        .key
+        .entry(tenant, &format!("\0ccr upstream turn\0{turn}"))
+}
+
+/// Records that the response and the conversation it belongs to carry the tool, so that the
+/// requests continuing them keep it.
+async fn remember_upstream_turn(
+    shared: &Shared,
+    tenant: &TenantId,
+    turns: impl IntoIterator<Item = String>,
+) {
+    for turn in turns {
+        let entry = Entry {
+            tenant: tenant.clone(),
+            original: Arc::from(""),
+        };
+        if let Err(error) = shared
+            .store
+            .put(
+                upstream_turn_id(shared, tenant, &turn),
+                entry,
+                shared.retention,
+            )
+            .await
+        {
+            tracing::warn!(%error, "store failed; a continued conversation may lose the tool");
+        }
+    }
 }
 
 async fn run<S, B, ResBody>(
@@ -224,12 +261,13 @@ async fn prepare(
     // The token estimate never exceeds three tokens a byte, and escapes only lengthen a JSON
     // string: no literal this short can hold an output worth compressing.
     let min_bytes = shared.min_tokens / MAX_TOKENS_PER_BYTE;
-    if !json::has_long_string(bytes, min_bytes) {
-        return Ok(None);
-    }
     let Ok(body) = std::str::from_utf8(bytes) else {
         return Ok(None);
     };
+    let upstream = adapter.upstream_history(body);
+    if upstream.is_none() && !adapter.may_hold_outputs(bytes, min_bytes) {
+        return Ok(None);
+    }
     let inspection = match adapter.inspect(body, &shared.tool_name, min_bytes) {
         Ok(inspection) => inspection,
         Err(malformed) => {
@@ -250,6 +288,15 @@ async fn prepare(
         } => (outputs, redeemable && shared.max_rounds > 0),
     };
     let tenant = shared.tenant_of(parts);
+    // A request that continues an upstream turn the tool was added to keeps the tool: the
+    // markers of that turn live upstream, and so must the way to redeem them.
+    let sticky = match &upstream {
+        Some(turn) if redeemable => matches!(
+            shared.store.get(upstream_turn_id(shared, &tenant, turn), shared.retention).await,
+            Ok(Lookup::Found(entry)) if entry.tenant == tenant
+        ),
+        _ => false,
+    };
     let mut splice = Splice::default();
     let mut issued: HashMap<EntryId, Arc<str>> = HashMap::new();
     let (mut tokens_before, mut tokens_after, mut compressed, mut markers) =
@@ -308,10 +355,11 @@ async fn prepare(
         tracing::debug!(id = %id, tokens, view_tokens = estimate_tokens(&replacement), "tool output compressed");
         splice.replace(output.span, quote(&replacement));
     }
-    if splice.is_empty() {
+    if splice.is_empty() && !sticky {
         return Ok(None);
     }
-    if markers > 0 {
+    let tool_injected = markers > 0 || sticky;
+    if tool_injected {
         adapter.inject_tool(body, &shared.tool_name, &mut splice)?;
     }
     let rewritten = splice.apply(body).ok_or("overlapping edits")?;
@@ -324,7 +372,8 @@ async fn prepare(
         body: rewritten,
         issued,
         tenant,
-        tool_injected: markers > 0,
+        tool_injected,
+        upstream,
     }))
 }
 
@@ -349,6 +398,7 @@ where
         issued,
         tenant,
         tool_injected,
+        upstream,
     } = prepared;
     let mut earlier_usage = Vec::new();
     let mut round = 0;
@@ -381,10 +431,10 @@ where
             && round < shared.max_rounds
         {
             let mut answers = Vec::with_capacity(calls.len());
+            let conversation = upstream.is_none().then_some(request_body.as_str());
             for call in calls {
                 let text =
-                    retrieve::answer(shared, &tenant, &issued, &request_body, &call.arguments)
-                        .await;
+                    retrieve::answer(shared, &tenant, &issued, conversation, &call.arguments).await;
                 answers.push(Answer {
                     call_id: call.id,
                     text,
@@ -414,6 +464,11 @@ where
                 }
             }
         }
+        let turns = adapter
+            .response_id(text)
+            .into_iter()
+            .chain(upstream.clone());
+        remember_upstream_turn(shared, &tenant, turns).await;
         let body = match adapter.finalize(text, &shared.tool_name, &earlier_usage) {
             Ok(Some(rewritten)) => Bytes::from(rewritten),
             Ok(None) => data,

@@ -1,14 +1,20 @@
 //! Provider adapters: everything that differs between API shapes lives behind [`Adapter`],
 //! one file per shape. The service drives the loop; an adapter only reads and writes bodies.
 
+mod anthropic;
+mod gemini;
 mod openai_chat;
+mod openai_responses;
 
 use std::fmt;
 use std::ops::Range;
 
 use crate::json::Splice;
 
+pub(crate) use anthropic::AnthropicMessages;
+pub(crate) use gemini::Gemini;
 pub(crate) use openai_chat::OpenAiChat;
+pub(crate) use openai_responses::OpenAiResponses;
 
 /// Description of the injected retrieval tool. Its bytes never change: the provider's prompt
 /// cache covers the tools array.
@@ -111,6 +117,27 @@ pub(crate) trait Adapter: Send + Sync {
     /// Reads what the model did.
     fn read_turn(&self, response: &str, tool_name: &str) -> Result<Turn, Malformed>;
 
+    /// Whether a body may hold a tool output of at least `min_bytes` bytes, from its bytes alone
+    /// and cheaply: most requests are ruled out here before any parsing. The default looks for
+    /// a long JSON string; an API whose outputs may be whole objects says more.
+    fn may_hold_outputs(&self, body: &[u8], min_bytes: usize) -> bool {
+        crate::json::has_long_string(body, min_bytes)
+    }
+
+    /// When the conversation's earlier turns live upstream rather than in `request` (OpenAI
+    /// Responses with `previous_response_id` or a `conversation`): the upstream id of what the
+    /// request continues. Its markers are then not in the request: a retrieval may name any
+    /// stored id of the tenant, and the tool stays in requests that continue a turn the layer
+    /// added it to.
+    fn upstream_history(&self, _request: &str) -> Option<String> {
+        None
+    }
+
+    /// The id under which the upstream keeps a response, for requests that continue it.
+    fn response_id(&self, _response: &str) -> Option<String> {
+        None
+    }
+
     /// The usage object of a response, to sum over rounds.
     fn usage(&self, response: &str) -> Option<serde_json::Value>;
 
@@ -134,7 +161,7 @@ pub(crate) trait Adapter: Send + Sync {
     ) -> Result<Option<String>, Malformed>;
 }
 
-static ADAPTERS: &[&dyn Adapter] = &[&OpenAiChat];
+static ADAPTERS: &[&dyn Adapter] = &[&OpenAiChat, &OpenAiResponses, &AnthropicMessages, &Gemini];
 
 /// The adapter for a request, if any.
 pub(crate) fn select(method: &http::Method, uri: &http::Uri) -> Option<&'static dyn Adapter> {
