@@ -1,10 +1,11 @@
-//! Savings report: `cargo run --release --example savings -- <corpus-dir> [--out DIR] [--runs N]`
+//! Savings report: `cargo run --release --example savings -- <corpus-dir> [--api API] [--out DIR] [--runs N]`
 //!
 //! Reads a corpus in format `ccr-corpus/1` (a folder with `cases.json`; each case names a file,
 //! the tool call that produced it, the user's question and the needles an answer needs) and runs
-//! every case through the real layer as an OpenAI Chat Completions request (system prompt, user
-//! question, assistant tool call, tool message with the file's content) against an in-process
-//! upstream that records what it receives. Prints a table and writes it as Markdown, JSON and an
+//! every case through the real layer as a request of one API shape (`--api chat|responses|
+//! anthropic|gemini`, default `chat`): system prompt, user question, the model's tool call, the
+//! tool output with the file's content; against an in-process upstream that records what it
+//! receives. Prints a table and writes it as Markdown, JSON and an
 //! SVG bar chart (default folder `target/savings`).
 //!
 //! Per case: o200k tokens of the tool output before and after (after = the view the upstream
@@ -77,6 +78,7 @@ struct Row {
 #[derive(Serialize)]
 struct Summary {
     corpus: String,
+    api: &'static str,
     cases: usize,
     compress_cases_tokens_before: usize,
     compress_cases_tokens_after: usize,
@@ -92,18 +94,138 @@ struct Summary {
 
 struct Options {
     corpus: PathBuf,
+    api: Api,
     out: PathBuf,
     runs: usize,
+}
+
+/// The API shape a case is sent as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Responses,
+    Anthropic,
+    Gemini,
+}
+
+impl Api {
+    fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "chat" => Self::Chat,
+            "responses" => Self::Responses,
+            "anthropic" => Self::Anthropic,
+            "gemini" => Self::Gemini,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Responses => "responses",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+        }
+    }
+
+    fn url(self) -> &'static str {
+        match self {
+            Self::Chat => "http://127.0.0.1/v1/chat/completions",
+            Self::Responses => "http://127.0.0.1/v1/responses",
+            Self::Anthropic => "http://127.0.0.1/v1/messages",
+            Self::Gemini => "http://127.0.0.1/v1beta/models/gemini-2.5-flash:generateContent",
+        }
+    }
+
+    /// The request: question, the model's call of the case's tool, the tool output.
+    fn body(self, case: &Case, output: &str) -> String {
+        const SYSTEM: &str = "You are a coding and operations assistant. Use the tools to answer.";
+        let arguments = json!({"command": case.call});
+        let schema = json!({"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]});
+        let body = match self {
+            Self::Chat => json!({
+                "model": "gpt-4o",
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": case.question},
+                    {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": case.tool, "arguments": arguments.to_string()}}]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": output}
+                ],
+                "tools": [{"type": "function", "function": {"name": case.tool, "description": "Run a command", "parameters": schema}}]
+            }),
+            Self::Responses => json!({
+                "model": "gpt-4o",
+                "instructions": SYSTEM,
+                "input": [
+                    {"role": "user", "content": case.question},
+                    {"type": "function_call", "call_id": "call_1", "name": case.tool, "arguments": arguments.to_string()},
+                    {"type": "function_call_output", "call_id": "call_1", "output": output}
+                ],
+                "tools": [{"type": "function", "name": case.tool, "description": "Run a command", "parameters": schema, "strict": false}]
+            }),
+            Self::Anthropic => json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 1024,
+                "system": SYSTEM,
+                "messages": [
+                    {"role": "user", "content": case.question},
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": case.tool, "input": arguments}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": output}]}
+                ],
+                "tools": [{"name": case.tool, "description": "Run a command", "input_schema": schema}]
+            }),
+            Self::Gemini => json!({
+                "systemInstruction": {"parts": [{"text": SYSTEM}]},
+                "contents": [
+                    {"role": "user", "parts": [{"text": case.question}]},
+                    {"role": "model", "parts": [{"functionCall": {"name": case.tool, "args": arguments}}]},
+                    {"role": "user", "parts": [{"functionResponse": {"name": case.tool, "response": {"output": output}}}]}
+                ],
+                "tools": [{"functionDeclarations": [{"name": case.tool, "description": "Run a command", "parameters": schema}]}]
+            }),
+        };
+        body.to_string()
+    }
+
+    /// The tool output as the upstream received it.
+    fn view(self, sent: &Value) -> String {
+        let view = match self {
+            Self::Chat => &sent["messages"][3]["content"],
+            Self::Responses => &sent["input"][2]["output"],
+            Self::Anthropic => &sent["messages"][2]["content"][0]["content"],
+            Self::Gemini => {
+                &sent["contents"][2]["parts"][0]["functionResponse"]["response"]["output"]
+            }
+        };
+        view.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// The retrieval tool's definition when the layer added it (after the client's tool).
+    fn injected_tool(self, sent: &Value) -> Option<String> {
+        let tool = match self {
+            Self::Gemini => &sent["tools"][0]["functionDeclarations"][1],
+            _ => &sent["tools"][1],
+        };
+        (!tool.is_null()).then(|| tool.to_string())
+    }
 }
 
 fn options() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     let mut corpus = None;
+    let mut api = Api::Chat;
     let mut out = PathBuf::from("target/savings");
     let mut runs = 5;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--out" => out = args.next().ok_or("--out needs a folder")?.into(),
+            "--api" => {
+                api = args
+                    .next()
+                    .and_then(|name| Api::parse(&name))
+                    .ok_or("--api takes chat, responses, anthropic or gemini")?
+            }
             "--runs" => {
                 runs = args
                     .next()
@@ -118,25 +240,10 @@ fn options() -> Result<Options, String> {
     }
     Ok(Options {
         corpus: corpus.ok_or("missing <corpus-dir>")?,
+        api,
         out,
         runs,
     })
-}
-
-fn request_body(case: &Case, output: &str) -> String {
-    json!({
-        "model": "gpt-4o",
-        "messages": [
-            {"role": "system", "content": "You are a coding and operations assistant. Use the tools to answer."},
-            {"role": "user", "content": case.question},
-            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
-                "function": {"name": case.tool, "arguments": json!({"command": case.call}).to_string()}}]},
-            {"role": "tool", "tool_call_id": "call_1", "content": output}
-        ],
-        "tools": [{"type": "function", "function": {"name": case.tool, "description": "Run a command",
-            "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}}]
-    })
-    .to_string()
 }
 
 fn marker_hash(view: &str) -> Option<&str> {
@@ -144,11 +251,11 @@ fn marker_hash(view: &str) -> Option<&str> {
     view.get(at..at + 24)
 }
 
-async fn run_case(case: &Case, corpus: &Path, runs: usize) -> Result<Row, BoxError> {
+async fn run_case(case: &Case, corpus: &Path, api: Api, runs: usize) -> Result<Row, BoxError> {
     let path = corpus.join(&case.file);
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let output = String::from_utf8_lossy(&bytes).into_owned();
-    let body = request_body(case, &output);
+    let body = api.body(case, &output);
 
     let received: Arc<Mutex<Vec<Bytes>>> = Arc::default();
     let recorder = received.clone();
@@ -167,7 +274,7 @@ async fn run_case(case: &Case, corpus: &Path, runs: usize) -> Result<Row, BoxErr
     let service = layer.layer(upstream);
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let request = Request::post("http://127.0.0.1/v1/chat/completions")
+        let request = Request::post(api.url())
             .header("content-type", "application/json")
             .header("authorization", "Bearer savings-report")
             .body(Full::new(Bytes::from(body.clone())))?;
@@ -178,15 +285,8 @@ async fn run_case(case: &Case, corpus: &Path, runs: usize) -> Result<Row, BoxErr
     let sent = received.lock().unwrap()[0].clone();
     let changed = sent != body.as_bytes();
     let sent: Value = serde_json::from_slice(&sent)?;
-    let view = sent["messages"][3]["content"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let injected_tool = sent["tools"]
-        .as_array()
-        .and_then(|tools| tools.get(1))
-        .map(|tool| count_tokens(&tool.to_string()))
-        .unwrap_or(0);
+    let view = api.view(&sent);
+    let injected_tool = api.injected_tool(&sent).map_or(0, |tool| count_tokens(&tool));
     let tokens_before = count_tokens(&output);
     let tokens_after = count_tokens(&view) + injected_tool;
 
@@ -254,8 +354,8 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn markdown(summary: &Summary) -> String {
     let mut out = format!(
-        "# Savings on `{}`\n\n| case | expect | o200k before | o200k after | saved | needles in view | needles by retrieve(query) | layer ms |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
-        summary.corpus
+        "# Savings on `{}` ({} API)\n\n| case | expect | o200k before | o200k after | saved | needles in view | needles by retrieve(query) | layer ms |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+        summary.corpus, summary.api
     );
     for row in &summary.rows {
         out.push_str(&format!(
@@ -336,7 +436,9 @@ async fn main() -> Result<(), BoxError> {
             if !message.is_empty() {
                 eprintln!("error: {message}");
             }
-            eprintln!("usage: savings <corpus-dir> [--out DIR] [--runs N]");
+            eprintln!(
+                "usage: savings <corpus-dir> [--api chat|responses|anthropic|gemini] [--out DIR] [--runs N]"
+            );
             std::process::exit(2);
         }
     };
@@ -349,7 +451,7 @@ async fn main() -> Result<(), BoxError> {
     }
     let mut rows = Vec::new();
     for case in &corpus.cases {
-        rows.push(run_case(case, &options.corpus, options.runs).await?);
+        rows.push(run_case(case, &options.corpus, options.api, options.runs).await?);
     }
 
     let compress_rows = rows.iter().filter(|row| row.expect == "compress");
@@ -373,6 +475,7 @@ async fn main() -> Result<(), BoxError> {
     }
     let summary = Summary {
         corpus: options.corpus.display().to_string(),
+        api: options.api.name(),
         cases: rows.len(),
         compress_cases_tokens_before: before,
         compress_cases_tokens_after: after,
