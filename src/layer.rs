@@ -83,8 +83,9 @@ impl Shared {
 /// A tower [`Layer`] that compresses large tool outputs in LLM requests, caches the originals
 /// and answers the model's retrieval calls itself (Compress → Cache → Retrieve).
 ///
-/// Wrap any HTTP client service whose requests carry OpenAI Chat Completions bodies (any host,
-/// any path ending in `/chat/completions`); everything else passes through untouched.
+/// Wrap any HTTP client service that sends OpenAI Chat Completions, OpenAI Responses, Anthropic
+/// Messages or Gemini generateContent requests (any host); everything else passes through
+/// untouched.
 ///
 /// ```
 /// use std::time::Duration;

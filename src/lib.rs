@@ -11,9 +11,9 @@
 //! tool, the layer answers from the store (the whole original, or the items that best match a
 //! query) and sends the continuation upstream itself. The client never sees the tool.
 //!
-//! Supported now: OpenAI Chat Completions and every server that speaks it (any host, any path
-//! ending in `/chat/completions`), without streaming. Every other request passes through
-//! untouched.
+//! Supported: OpenAI Chat Completions (and every server that speaks it), OpenAI Responses,
+//! Anthropic Messages and Gemini generateContent, each detected by path (any host) and checked
+//! by body shape; non-streaming for now. Every other request passes through untouched.
 //!
 //! ## Guarantees
 //! - **No lost data.** A marker goes out only when its original is stored and the layer itself
