@@ -286,7 +286,9 @@ async fn run_case(case: &Case, corpus: &Path, api: Api, runs: usize) -> Result<R
     let changed = sent != body.as_bytes();
     let sent: Value = serde_json::from_slice(&sent)?;
     let view = api.view(&sent);
-    let injected_tool = api.injected_tool(&sent).map_or(0, |tool| count_tokens(&tool));
+    let injected_tool = api
+        .injected_tool(&sent)
+        .map_or(0, |tool| count_tokens(&tool));
     let tokens_before = count_tokens(&output);
     let tokens_after = count_tokens(&view) + injected_tool;
 

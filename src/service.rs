@@ -130,6 +130,78 @@ fn upstream_turn_id(shared: &Shared, tenant: &TenantId, turn: &str) -> EntryId {
         .entry(tenant, &format!("\0ccr upstream turn\0{turn}"))
 }
 
+/// The store entry holding the answers to calls an upstream turn keeps but the client never
+/// saw (see [`Adapter::unsettled_calls`]).
+fn unsettled_id(shared: &Shared, tenant: &TenantId, turn: &str) -> EntryId {
+    shared
+        .key
+        .entry(tenant, &format!("\0ccr unsettled calls\0{turn}"))
+}
+
+async fn remember_unsettled_calls(
+    shared: &Shared,
+    tenant: &TenantId,
+    turn: &str,
+    answers: &[Answer],
+) {
+    let answers: Vec<(&str, &str)> = answers
+        .iter()
+        .map(|answer| (answer.call_id.as_str(), answer.text.as_str()))
+        .collect();
+    let Ok(serialized) = serde_json::to_string(&answers) else {
+        return;
+    };
+    let entry = Entry {
+        tenant: tenant.clone(),
+        original: Arc::from(serialized),
+    };
+    if let Err(error) = shared
+        .store
+        .put(unsettled_id(shared, tenant, turn), entry, shared.retention)
+        .await
+    {
+        tracing::warn!(%error, "store failed; the next request continuing this turn may be refused upstream");
+    }
+}
+
+/// Adds to `splice` the answers to the calls the continued upstream turn kept unanswered.
+async fn settle_unsettled_calls(
+    shared: &Shared,
+    adapter: &dyn Adapter,
+    tenant: &TenantId,
+    turn: &str,
+    body: &str,
+    splice: &mut Splice,
+) {
+    let Ok(Lookup::Found(entry)) = shared
+        .store
+        .get(unsettled_id(shared, tenant, turn), shared.retention)
+        .await
+    else {
+        return;
+    };
+    if entry.tenant != *tenant {
+        return;
+    }
+    let Ok(answers) = serde_json::from_str::<Vec<(String, String)>>(&entry.original) else {
+        return;
+    };
+    let answers: Vec<Answer> = answers
+        .into_iter()
+        .map(|(call_id, text)| Answer { call_id, text })
+        .collect();
+    match adapter.settle(body, &answers, splice) {
+        Ok(()) => tracing::debug!(
+            api = adapter.name(),
+            calls = answers.len(),
+            "answers to calls kept upstream added"
+        ),
+        Err(malformed) => {
+            tracing::warn!(api = adapter.name(), %malformed, "could not answer calls kept upstream")
+        }
+    }
+}
+
 /// Records that the response and the conversation it belongs to carry the tool, so that the
 /// requests continuing them keep it.
 async fn remember_upstream_turn(
@@ -298,6 +370,9 @@ async fn prepare(
         _ => false,
     };
     let mut splice = Splice::default();
+    if let Some(turn) = &upstream {
+        settle_unsettled_calls(shared, adapter, &tenant, turn, body, &mut splice).await;
+    }
     let mut issued: HashMap<EntryId, Arc<str>> = HashMap::new();
     let (mut tokens_before, mut tokens_after, mut compressed, mut markers) =
         (0u64, 0u64, 0u64, 0u64);
@@ -464,10 +539,25 @@ where
                 }
             }
         }
-        let turns = adapter
-            .response_id(text)
-            .into_iter()
-            .chain(upstream.clone());
+        let response_id = adapter.response_id(text);
+        if let Some(response_id) = &response_id {
+            let unsettled = adapter.unsettled_calls(&request_body, text, &shared.tool_name);
+            if !unsettled.is_empty() {
+                let conversation = upstream.is_none().then_some(request_body.as_str());
+                let mut answers = Vec::with_capacity(unsettled.len());
+                for call in unsettled {
+                    let text =
+                        retrieve::answer(shared, &tenant, &issued, conversation, &call.arguments)
+                            .await;
+                    answers.push(Answer {
+                        call_id: call.id,
+                        text,
+                    });
+                }
+                remember_unsettled_calls(shared, &tenant, response_id, &answers).await;
+            }
+        }
+        let turns = response_id.into_iter().chain(upstream.clone());
         remember_upstream_turn(shared, &tenant, turns).await;
         let body = match adapter.finalize(text, &shared.tool_name, &earlier_usage) {
             Ok(Some(rewritten)) => Bytes::from(rewritten),

@@ -486,6 +486,60 @@ async fn a_request_chained_on_a_turn_with_the_tool_keeps_it_without_any_new_outp
 }
 
 #[tokio::test]
+async fn a_retrieval_call_stripped_from_a_stored_mixed_turn_is_answered_in_the_next_request() {
+    let layer = CcrLayer::new().secret("responses-unsettled");
+    let original = big_log(1_500);
+    let (upstream_1, log_1) = upstream(|_, request| {
+        let hash = marker_hash(request.text()).unwrap();
+        ok(calls_response(
+            "resp_mixed",
+            &[
+                ("call_a", "ccr_retrieve", json!({"hash": hash})),
+                ("call_b", "bash", json!({"cmd": "ls"})),
+            ],
+            request,
+        ))
+    });
+    let response = layer
+        .layer(upstream_1)
+        .oneshot(post(
+            RESPONSES_URL,
+            responses_body(items(&original), json!({"tools": bash_tool()})),
+        ))
+        .await
+        .unwrap();
+    let (_, text) = body_text(response).await;
+    assert!(
+        !text.contains("ccr_retrieve") && text.contains("call_b"),
+        "{text}"
+    );
+    assert_eq!(log_1.lock().unwrap().len(), 1);
+
+    // The client answers its own call, chained on the stored response. The upstream still
+    // holds call_a: the layer answers it too, ahead of the client's output.
+    let (upstream_2, log_2) =
+        upstream(|_, request| ok(answer_response("resp_next", "done", 5, request)));
+    let next = json!([{"type": "function_call_output", "call_id": "call_b", "output": "a.txt"}]);
+    layer
+        .layer(upstream_2)
+        .oneshot(post(
+            RESPONSES_URL,
+            responses_body(
+                next,
+                json!({"previous_response_id": "resp_mixed", "tools": bash_tool()}),
+            ),
+        ))
+        .await
+        .unwrap();
+    let sent = log_2.lock().unwrap()[0].json();
+    let input = sent["input"].as_array().unwrap();
+    assert_eq!(input.len(), 2, "{sent}");
+    assert_eq!(input[0]["call_id"], "call_a");
+    assert_eq!(input[0]["output"], original.as_str());
+    assert_eq!(input[1]["call_id"], "call_b");
+}
+
+#[tokio::test]
 async fn without_previous_response_id_an_id_foreign_to_the_request_is_unknown() {
     // The counterpart of the test above: the same retrieval in a request that carries its
     // whole history, which never mentions the id.

@@ -526,13 +526,18 @@ fn read_parts<'a>(
     array(parts.get())?
         .into_iter()
         .map(|raw| {
-            let part = object(raw.get())?;
+            // A part that cannot be read is kept as it is and is not taken for a call: one odd
+            // part must not make the whole response unreadable (our calls would then leak).
+            let Ok(part) = object(raw.get()) else {
+                return Ok((raw, None));
+            };
             let Some(call) = member(&part, "functionCall", "function_call").filter(|c| !is_null(c))
             else {
                 return Ok((raw, None));
             };
-            let call: FunctionCall<'a> =
-                serde_json::from_str(call.get()).map_err(|_| Malformed("functionCall"))?;
+            let Ok(call) = serde_json::from_str::<FunctionCall<'a>>(call.get()) else {
+                return Ok((raw, None));
+            };
             let id = text_of(call.id)
                 .filter(|id| !id.is_empty())
                 .map(Cow::into_owned);
@@ -986,13 +991,15 @@ impl Adapter for Gemini {
             .filter_map(|(_, call)| call)
             .collect();
         let mut responses = Vec::with_capacity(answers.len());
+        // Each answer pairs with a call not paired yet: a made-up id may equal a real one.
+        let mut paired = vec![false; calls.len()];
         for answer in answers {
-            let call = calls
+            let (index, call) = calls
                 .iter()
                 .enumerate()
-                .find(|(index, call)| call.id(*index) == answer.call_id)
-                .map(|(_, call)| call)
+                .find(|(index, call)| !paired[*index] && call.id(*index) == answer.call_id)
                 .ok_or(Malformed("an answer to no call"))?;
+            paired[index] = true;
             let name = quote(call.name.as_deref().unwrap_or_default());
             let output = format!("{{\"output\":{}}}", quote(&answer.text));
             let id = call.id.as_deref().map(quote);

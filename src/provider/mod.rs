@@ -133,6 +133,25 @@ pub(crate) trait Adapter: Send + Sync {
         None
     }
 
+    /// Retrieval calls in a final response that the layer strips although the upstream keeps
+    /// them (a stored OpenAI Response: a mixed turn, or a model that ignored the forced last
+    /// round): the next request continuing that response must carry their answers, or the
+    /// upstream refuses it. Stateless APIs have none.
+    fn unsettled_calls(&self, _request: &str, _response: &str, _tool_name: &str) -> Vec<Call> {
+        Vec::new()
+    }
+
+    /// Adds the answers to the unsettled calls of the upstream turn `request` continues, ahead
+    /// of the request's own input.
+    fn settle(
+        &self,
+        _request: &str,
+        _answers: &[Answer],
+        _splice: &mut Splice,
+    ) -> Result<(), Malformed> {
+        Err(Malformed("this API keeps no calls upstream"))
+    }
+
     /// The id under which the upstream keeps a response, for requests that continue it.
     fn response_id(&self, _response: &str) -> Option<String> {
         None

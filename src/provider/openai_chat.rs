@@ -1,6 +1,8 @@
 //! OpenAI Chat Completions, and every server that speaks it: any host, any path ending in
 //! `/chat/completions`.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -245,42 +247,51 @@ fn truncated(mut text: String, max: usize) -> String {
     text
 }
 
-/// The conversation before message `index`: the last user message and the call (tool name,
-/// arguments) whose id is `call_id`.
-fn context_before(
-    messages: &[ChatMessage<'_>],
-    index: usize,
-    call_id: Option<&str>,
-) -> (String, Option<String>, String) {
-    let earlier = &messages[..index];
-    let last_user = earlier
-        .iter()
-        .rev()
-        .find(|m| m.role.is("\"user\""))
-        .and_then(|m| m.content.value())
-        .map(content_text)
-        .unwrap_or_default();
-    let call = call_id.and_then(|call_id| {
-        earlier
-            .iter()
-            .rev()
-            .filter(|m| m.role.is("\"assistant\""))
-            .find_map(|m| {
-                let calls = array(m.tool_calls.value()?.get()).ok()?;
-                calls.iter().find_map(|call| {
-                    let call: ToolCall = serde_json::from_str(call.get()).ok()?;
-                    (call.id.as_deref() == Some(call_id)).then_some(call.function?)
-                })
-            })
-    });
-    let last_user = truncated(last_user, MAX_QUESTION_BYTES);
-    match call {
-        Some(function) => (
-            last_user,
-            function.name,
-            truncated(function.arguments.unwrap_or_default(), MAX_ARGUMENTS_BYTES),
-        ),
-        None => (last_user, None, String::new()),
+/// What the conversation says before each message, gathered in one forward pass (a request
+/// may hold thousands of tool outputs: no scan backwards per output).
+#[derive(Default)]
+struct Context<'a> {
+    /// Content of the last user message so far.
+    last_user: Option<&'a RawValue>,
+    /// Tool call id -> (tool name, arguments), from the assistant messages so far.
+    calls: HashMap<String, (Option<String>, String)>,
+}
+
+impl<'a> Context<'a> {
+    /// Takes in a message that comes before the ones still to be read.
+    fn read(&mut self, message: &ChatMessage<'a>) {
+        if message.role.is("\"user\"") {
+            self.last_user = message.content.value();
+        } else if message.role.is("\"assistant\"")
+            && let Some(Ok(calls)) = message.tool_calls.value().map(|calls| array(calls.get()))
+        {
+            for call in calls {
+                let Ok(call) = serde_json::from_str::<ToolCall>(call.get()) else {
+                    continue;
+                };
+                if let (Some(id), Some(function)) = (call.id, call.function) {
+                    self.calls
+                        .insert(id, (function.name, function.arguments.unwrap_or_default()));
+                }
+            }
+        }
+    }
+
+    /// The last user message (bounded), and the tool name and arguments (bounded) of the call
+    /// whose id is `call_id`.
+    fn of(&self, call_id: Option<&str>) -> (String, Option<String>, String) {
+        let last_user = truncated(
+            self.last_user.map(content_text).unwrap_or_default(),
+            MAX_QUESTION_BYTES,
+        );
+        match call_id.and_then(|id| self.calls.get(id)) {
+            Some((name, arguments)) => (
+                last_user,
+                name.clone(),
+                truncated(arguments.clone(), MAX_ARGUMENTS_BYTES),
+            ),
+            None => (last_user, None, String::new()),
+        }
     }
 }
 
@@ -317,20 +328,25 @@ impl Adapter for OpenAiChat {
         }
         let mut outputs = Vec::new();
         // Cheap test first: most requests carry no tool output big enough to matter.
-        let candidates = request.messages.iter().enumerate().filter(|(_, message)| {
+        let is_candidate = |message: &ChatMessage<'_>| {
             message.role.is("\"tool\"")
                 && message
                     .content
                     .value()
                     .is_some_and(|c| c.get().len() >= min_bytes)
-        });
-        for (index, message) in candidates {
+        };
+        let any_candidate = request.messages.iter().any(is_candidate);
+        let mut context = Context::default();
+        for message in request.messages.iter().filter(|_| any_candidate) {
+            if !is_candidate(message) {
+                context.read(message);
+                continue;
+            }
             let Some(content) = message.content.value() else {
                 continue;
             };
             let call_id = message.tool_call_id.value().and_then(string_value);
-            let (last_user, tool, arguments) =
-                context_before(&request.messages, index, call_id.as_deref());
+            let (last_user, tool, arguments) = context.of(call_id.as_deref());
             if tool.as_deref() == Some(tool_name) {
                 continue; // Our own answers are never compressed.
             }

@@ -308,9 +308,11 @@ struct OutputItem<'a> {
 
 impl<'a> OutputItem<'a> {
     fn read(raw: &'a RawValue) -> Result<Self, Malformed> {
+        // An item that is not an object is kept as it is, with no type: one odd item must not
+        // make the whole response unreadable (our calls would then leak to the client).
         Ok(Self {
             raw,
-            members: object(raw.get())?,
+            members: object(raw.get()).unwrap_or(OrderedObject(Vec::new())),
         })
     }
 
@@ -583,6 +585,71 @@ impl Adapter for OpenAiResponses {
         })
     }
 
+    fn unsettled_calls(&self, request: &str, response: &str, tool_name: &str) -> Vec<Call> {
+        // Only a stored response (the default) keeps our calls upstream.
+        let stored = object(request)
+            .ok()
+            .and_then(|request| request.get("store").map(|store| store.get() != "false"))
+            .unwrap_or(true);
+        let Some(root) = object(response).ok().filter(|_| stored) else {
+            return Vec::new();
+        };
+        output_items(&root)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|item| item.is_ours(tool_name))
+            .filter_map(|item| {
+                let id = string_member(&item.members, "call_id").filter(|id| !id.is_empty())?;
+                let arguments = item
+                    .members
+                    .get("arguments")
+                    .map_or_else(String::new, |raw| {
+                        string_value(raw).map_or_else(|| raw.get().to_owned(), Cow::into_owned)
+                    });
+                Some(Call {
+                    id: id.into_owned(),
+                    arguments,
+                })
+            })
+            .collect()
+    }
+
+    fn settle(
+        &self,
+        request: &str,
+        answers: &[Answer],
+        splice: &mut Splice,
+    ) -> Result<(), Malformed> {
+        let root = object(request)?;
+        let input = root.get("input").ok_or(Malformed("no input"))?;
+        let span = span_of(request, input).ok_or(Malformed("input"))?;
+        let outputs: Vec<String> = answers
+            .iter()
+            .map(|answer| {
+                OrderedObject::render([
+                    ("type", "\"function_call_output\""),
+                    ("call_id", quote(&answer.call_id).as_str()),
+                    ("output", quote(&answer.text).as_str()),
+                ])
+            })
+            .collect();
+        let outputs = outputs.join(",");
+        if input.get().starts_with('"') {
+            // A text input becomes a list: the answers, then the text as a user message.
+            let message = OrderedObject::render([("role", "\"user\""), ("content", input.get())]);
+            splice.replace(span, format!("[{outputs},{message}]"));
+        } else {
+            let inner = input.get().strip_prefix('[').ok_or(Malformed("input"))?;
+            let comma = if inner.trim_start().starts_with(']') {
+                ""
+            } else {
+                ","
+            };
+            splice.insert(span.start + 1, format!("{outputs}{comma}"));
+        }
+        Ok(())
+    }
+
     fn upstream_history(&self, request: &str) -> Option<String> {
         #[derive(Deserialize)]
         struct Upstream<'a> {
@@ -798,6 +865,43 @@ mod tests {
         {"type":"function_call","id":"fc_2","call_id":"call_B","name":"fetch","arguments":"{\"url\":\"x\"}","status":"completed"},
         {"type":"function_call_output","call_id":"call_B","output":[{"type":"input_text","text":"part one"},{"type":"input_image","image_url":"https://example.com/a.png"},{"type":"input_text","text":"part two"}]}
     ],"tools":[{"type":"function","name":"bash","parameters":{"type":"object"},"strict":true}],"store":true}"#;
+
+    #[test]
+    fn unsettled_calls_of_a_stored_response_are_answered_in_the_next_request() {
+        let response = r#"{"id":"resp_m","output":[{"type":"function_call","call_id":"call_a","name":"ccr_retrieve","arguments":"{\"hash\":\"x\"}"},{"type":"function_call","call_id":"call_b","name":"bash","arguments":"{}"}]}"#;
+        let calls = OpenAiResponses.unsettled_calls(r#"{"model":"m","input":[]}"#, response, TOOL);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].id, "call_a");
+        assert!(
+            OpenAiResponses
+                .unsettled_calls(r#"{"model":"m","input":[],"store":false}"#, response, TOOL)
+                .is_empty()
+        );
+        let answers = [Answer {
+            call_id: "call_a".into(),
+            text: "the original".into(),
+        }];
+        for (request, expected) in [
+            (
+                r#"{"model":"m","previous_response_id":"resp_m","input":[{"type":"function_call_output","call_id":"call_b","output":"ok"}]}"#,
+                r#"{"model":"m","previous_response_id":"resp_m","input":[{"type":"function_call_output","call_id":"call_a","output":"the original"},{"type":"function_call_output","call_id":"call_b","output":"ok"}]}"#,
+            ),
+            (
+                r#"{"model":"m","previous_response_id":"resp_m","input":"go on"}"#,
+                r#"{"model":"m","previous_response_id":"resp_m","input":[{"type":"function_call_output","call_id":"call_a","output":"the original"},{"role":"user","content":"go on"}]}"#,
+            ),
+            (
+                r#"{"model":"m","previous_response_id":"resp_m","input":[ ]}"#,
+                r#"{"model":"m","previous_response_id":"resp_m","input":[{"type":"function_call_output","call_id":"call_a","output":"the original"} ]}"#,
+            ),
+        ] {
+            let mut splice = Splice::default();
+            OpenAiResponses
+                .settle(request, &answers, &mut splice)
+                .unwrap();
+            assert_eq!(splice.apply(request).unwrap(), expected);
+        }
+    }
 
     #[test]
     fn matches_only_the_create_endpoint() {
