@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use crate::BoxError;
 use crate::body::CcrBody;
-use crate::compress::{CompressContext, compress};
+use crate::compress::{CompressContext, compress_estimated};
 use crate::future::ResponseFuture;
 use crate::handle::Counters;
 use crate::id::{EntryId, TenantId};
@@ -388,7 +388,7 @@ async fn prepare(
             query: &output.query,
             tool_name: output.tool_name.as_deref(),
         };
-        let Some(view) = compress(&output.text, &context) else {
+        let Some(view) = compress_estimated(&output.text, tokens, &context) else {
             continue;
         };
         if view.lossless {

@@ -6,18 +6,20 @@ use super::{
     ALARM_PREFIX_BYTES, CompressContext, KeptItem, View, alarm_level, prefix, query_words,
     render_kept, shorten,
 };
-use crate::search::{Bm25Matches, terms};
+use crate::search::Bm25Matches;
 
 /// Lines kept from the start and from the end: where commands print headers and results.
 const HEAD_LINES: usize = 5;
 const TAIL_LINES: usize = 5;
 /// Lines spent on error and warning lines, with their context lines.
 const ALARM_LINE_BUDGET: usize = 40;
+/// Of which at most this many for warnings.
+const WARNING_LINE_BUDGET: usize = 16;
 /// Lines of context after an error line: one for each, more while the budget lasts.
 const ALARM_CONTEXT_LINES: usize = 3;
 /// Lines whose first this many bytes agree share a template: enough to tell log statements
 /// apart, and long lines (minified JSON, base64) cost no more than short ones.
-const TEMPLATE_PREFIX_BYTES: usize = 200;
+pub(crate) const TEMPLATE_PREFIX_BYTES: usize = 200;
 /// Lines kept because they best match the conversation's question.
 const QUERY_HITS: usize = 8;
 /// Lines of pretty-printed JSON that state a word of the question as a value
@@ -49,15 +51,220 @@ const SUMMARY_PREFIXES: &[&str] = &[
     "BUILD ",
 ];
 
+/// What a text is, as far as its view goes.
+pub(crate) enum Shape {
+    /// Log lines: most start with a time or carry a level word.
+    Log,
+    /// Search hits: `path:line:text`.
+    Grep,
+    /// Rows of columns: `ls -l`, `ps`, `dpkg -l`, `docker ps`.
+    Table(super::table::Layout),
+    /// Source code.
+    Code,
+    /// Anything else: build and test output, prose, Markdown.
+    Text,
+}
+
+/// Sorts a text into a shape from its lines (and the tool call's arguments, for code).
+pub(crate) fn shape_of(lines: &[&str], ctx: &CompressContext<'_>) -> Shape {
+    let sample = sample_lines(lines);
+    let count = sample.len().max(1);
+    let grep = sample.iter().filter(|line| is_grep_line(line)).count();
+    if grep * 10 >= count * 6 {
+        return Shape::Grep;
+    }
+    let log = sample.iter().filter(|line| is_log_line(line)).count();
+    if log * 2 >= count {
+        return Shape::Log;
+    }
+    if let Some(layout) = super::table::Layout::detect(lines) {
+        return Shape::Table(layout);
+    }
+    if super::code::is_code(&sample, ctx.query) {
+        return Shape::Code;
+    }
+    Shape::Text
+}
+
+/// Non-empty lines, at most about 400 spread over the text, for sorting it into a shape.
+fn sample_lines<'a>(lines: &[&'a str]) -> Vec<&'a str> {
+    let step = (lines.len() / 400).max(1);
+    lines
+        .iter()
+        .step_by(step)
+        .filter(|line| !line.trim().is_empty())
+        .copied()
+        .collect()
+}
+
+/// `path:12:text` or `path-12-text` (a context line): a path without spaces, a line number.
+pub(crate) fn is_grep_line(line: &str) -> bool {
+    grep_parts(line).is_some() || line == "--"
+}
+
+/// (path, line number, text) of a grep hit or context line.
+pub(crate) fn grep_parts(line: &str) -> Option<(&str, &str, &str)> {
+    let bytes = line.as_bytes();
+    // The path ends at the first ':' (or '-') followed by digits and the same separator.
+    let mut i = 0;
+    while i < bytes.len() && i < 300 {
+        let separator = bytes[i];
+        if separator == b' ' || separator == b'\t' {
+            return None;
+        }
+        if (separator == b':' || separator == b'-') && i > 0 {
+            let digits = bytes[i + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            let after = i + 1 + digits;
+            // A path has a letter, '/' or '.': "2024-03-01" and "2024-03-01T10" are dates.
+            let date = i >= 5 && bytes[..4].iter().all(u8::is_ascii_digit) && bytes[4] == b'-';
+            let path_like = !date
+                && bytes[..i]
+                    .iter()
+                    .any(|b| b.is_ascii_alphabetic() || *b == b'/' || *b == b'.');
+            if digits > 0 && bytes.get(after) == Some(&separator) && path_like {
+                return Some((&line[..i], &line[i + 1..after], &line[after + 1..]));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Words that say a line's level in a log.
+const LEVEL_WORDS: &[&str] = &[
+    "INFO",
+    "WARN",
+    "WARNING",
+    "ERROR",
+    "DEBUG",
+    "TRACE",
+    "FATAL",
+    "CRITICAL",
+    "NOTICE",
+    "[info]",
+    "[warn]",
+    "[warning]",
+    "[error]",
+    "[debug]",
+    "[notice]",
+    "[crit]",
+    "[INFO]",
+    "[WARN]",
+    "[ERROR]",
+    "[DEBUG]",
+];
+
+/// Whether a word is one of LEVEL_WORDS (they start with a capital or '[').
+fn is_level_word(word: &str) -> bool {
+    let first = word.as_bytes().first().copied().unwrap_or(b' ');
+    (first.is_ascii_uppercase() || first == b'[')
+        && (4..=9).contains(&word.len())
+        && LEVEL_WORDS.contains(&word)
+}
+
+/// A time (`12:34`, `12:34:56,789`) among the first four words, or a level word among the
+/// first six.
+fn is_log_line(line: &str) -> bool {
+    for (position, word) in line.split_ascii_whitespace().take(6).enumerate() {
+        if position < 4 && is_time(word) {
+            return true;
+        }
+        let word = word.trim_end_matches(':');
+        if is_level_word(word) {
+            return true;
+        }
+    }
+    false
+}
+
+/// `12:34`, `12:34:56`, `12:34:56.789]`, `2024-05-06T12:34:56Z`.
+fn is_time(word: &str) -> bool {
+    let word = word.rsplit('T').next().unwrap_or(word);
+    let bytes = word.trim_start_matches('[').as_bytes();
+    let hour = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    (1..=2).contains(&hour)
+        && bytes.get(hour) == Some(&b':')
+        && bytes.len() >= hour + 3
+        && bytes[hour + 1..hour + 3].iter().all(u8::is_ascii_digit)
+}
+
 /// Builds the view of `lines`; the caller decides whether it saves enough.
 pub(crate) fn compress(lines: &[&str], ctx: &CompressContext<'_>) -> View {
-    let total = lines.len();
-    let mut keep = vec![false; total];
-    let mut notes: BTreeMap<usize, String> = BTreeMap::new();
-
-    for index in (0..HEAD_LINES.min(total)).chain(total.saturating_sub(TAIL_LINES)..total) {
-        keep[index] = true;
+    match shape_of(lines, ctx) {
+        Shape::Grep => super::grep::compress(lines, ctx),
+        Shape::Table(layout) => super::table::compress(lines, &layout, ctx),
+        Shape::Code => super::code::compress(lines, ctx),
+        Shape::Log => text_view(lines, ctx, true),
+        Shape::Text => text_view(lines, ctx, false),
     }
+}
+
+/// Lines kept, with notes, for the views of lines.
+pub(crate) struct Selection {
+    pub keep: Vec<bool>,
+    pub notes: BTreeMap<usize, String>,
+}
+
+impl Selection {
+    pub(crate) fn new(total: usize) -> Selection {
+        Selection {
+            keep: vec![false; total],
+            notes: BTreeMap::new(),
+        }
+    }
+
+    /// The first `head` and last `tail` lines.
+    pub(crate) fn ends(&mut self, head: usize, tail: usize) {
+        let total = self.keep.len();
+        for index in (0..head.min(total)).chain(total.saturating_sub(tail)..total) {
+            self.keep[index] = true;
+        }
+    }
+
+    /// The lines kept, in order, cut to `max_bytes`, with "… N lines omitted …" between, then
+    /// `footer` lines.
+    pub(crate) fn render(
+        mut self,
+        lines: &[&str],
+        max_bytes: usize,
+        header: &str,
+        footer: &[String],
+    ) -> View {
+        let total = lines.len();
+        let kept: Vec<KeptItem> = (0..total)
+            .filter(|&index| self.keep[index])
+            .map(|index| KeptItem {
+                index,
+                text: shorten(lines[index], max_bytes),
+                note: self.notes.remove(&index),
+            })
+            .collect();
+        let mut text = String::from(header);
+        render_kept(&mut text, &kept, total, "lines");
+        for line in footer {
+            text.push_str(line);
+            text.push('\n');
+        }
+        View {
+            text,
+            unit: "lines",
+            total,
+            kept: kept.len(),
+            lossless: false,
+        }
+    }
+}
+
+/// The view of a log, or of build, test or other output: start and end, errors and warnings
+/// with context, summary lines, what matches the question; a log also gets counts by level
+/// and its most frequent line templates, text its Markdown headings.
+fn text_view(lines: &[&str], ctx: &CompressContext<'_>, log: bool) -> View {
+    let total = lines.len();
+    let mut selection = Selection::new(total);
+    selection.ends(HEAD_LINES, TAIL_LINES);
     // The lines of a search tool are matches, often of code: an error word there ("fn
     // handle_error", "timeout/service.rs") is what was searched for, not a failure. Only
     // capitals (ERROR, FAILED) count.
@@ -66,37 +273,113 @@ pub(crate) fn compress(lines: &[&str], ctx: &CompressContext<'_>) -> View {
     } else {
         1
     };
-    keep_alarms(lines, min_alarm, &mut keep, &mut notes);
-    for index in Bm25Matches::new(lines, &terms(ctx.query)).diverse_top(QUERY_HITS) {
-        keep[index] = true;
+    keep_alarms(lines, min_alarm, &mut selection.keep, &mut selection.notes);
+    // In a log a line stands alone; in other text a match is read with its neighbours.
+    let window = if log { 0 } else { TEXT_WINDOW_LINES };
+    for index in Bm25Matches::new(lines, ctx.query).diverse_top(QUERY_HITS) {
+        let from = index.saturating_sub(window);
+        let to = (index + window + 1).min(total);
+        for keep in &mut selection.keep[from..to] {
+            *keep = true;
+        }
     }
-    keep_named_entities(lines, ctx.query, &mut keep);
+    keep_named_entities(lines, ctx.query, &mut selection.keep);
     let summaries = lines
         .iter()
         .enumerate()
         .filter(|(_, line)| is_summary(line))
         .take(SUMMARY_LINE_BUDGET);
     for (index, _) in summaries {
-        keep[index] = true;
+        selection.keep[index] = true;
     }
+    let mut footer = Vec::new();
+    if log {
+        footer.extend(log_summary(lines, &selection.keep));
+    } else {
+        let headings = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| {
+                line.starts_with('#') && line.trim_start_matches('#').starts_with(' ')
+            })
+            .take(HEADING_LINES);
+        for (index, _) in headings {
+            selection.keep[index] = true;
+        }
+    }
+    selection.render(lines, MAX_LINE_BYTES, "", &footer)
+}
 
-    let kept: Vec<KeptItem> = (0..total)
-        .filter(|&index| keep[index])
-        .map(|index| KeptItem {
-            index,
-            text: shorten(lines[index], MAX_LINE_BYTES),
-            note: notes.remove(&index),
-        })
-        .collect();
-    let mut text = String::new();
-    render_kept(&mut text, &kept, total, "lines");
-    View {
-        text,
-        unit: "lines",
-        total,
-        kept: kept.len(),
-        lossless: false,
+/// Lines kept on each side of a line of text (not a log) that matches the question.
+const TEXT_WINDOW_LINES: usize = 1;
+/// Markdown headings kept in a view of text.
+const HEADING_LINES: usize = 30;
+/// Templates named in a log's summary, and how much of each is shown.
+const SUMMARY_TEMPLATES: usize = 5;
+const SUMMARY_TEMPLATE_BYTES: usize = 100;
+
+/// "omitted lines by level: INFO 1500, WARN 300" and "most frequent omitted lines:
+/// `… PacketResponder # for block blk_# terminating` ×350, …" (numbers and ids as #).
+fn log_summary(lines: &[&str], keep: &[bool]) -> Vec<String> {
+    let mut levels: Vec<(&str, usize)> = Vec::new();
+    // (template hash, first line, count) of omitted lines; the map is only looked up.
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut group_of: HashMap<u64, usize> = HashMap::new();
+    for (index, line) in lines.iter().enumerate() {
+        if keep[index] {
+            continue;
+        }
+        let level = line
+            .split_ascii_whitespace()
+            .take(6)
+            .map(|word| word.trim_end_matches(':'))
+            .find(|word| is_level_word(word));
+        if let Some(level) = level {
+            let level = level.trim_matches(|c| c == '[' || c == ']');
+            match levels
+                .iter_mut()
+                .find(|(l, _)| l.eq_ignore_ascii_case(level))
+            {
+                Some((_, count)) => *count += 1,
+                None => levels.push((level, 1)),
+            }
+        }
+        let hash = template_hash(prefix(line, TEMPLATE_PREFIX_BYTES));
+        match group_of.get(&hash) {
+            Some(&group) => groups[group].1 += 1,
+            None => {
+                group_of.insert(hash, groups.len());
+                groups.push((index, 1));
+            }
+        }
     }
+    let mut out = Vec::new();
+    if !levels.is_empty() {
+        levels.sort_by_key(|&(_, count)| std::cmp::Reverse(count));
+        let counts: Vec<String> = levels.iter().map(|(l, c)| format!("{l} {c}")).collect();
+        out.push(format!("omitted lines by level: {}", counts.join(", ")));
+    }
+    groups.retain(|&(_, count)| count > 1);
+    groups.sort_by_key(|&(first, count)| (std::cmp::Reverse(count), first));
+    if !groups.is_empty() {
+        let mut template = String::new();
+        let shown: Vec<String> = groups
+            .iter()
+            .take(SUMMARY_TEMPLATES)
+            .map(|&(first, count)| {
+                template_of(prefix(lines[first], TEMPLATE_PREFIX_BYTES), &mut template);
+                format!(
+                    "`{}` ×{count}",
+                    shorten(template.trim(), SUMMARY_TEMPLATE_BYTES)
+                )
+            })
+            .collect();
+        out.push(format!(
+            "most frequent omitted lines (numbers and ids as #): {}",
+            shown.join(", ")
+        ));
+    }
+    out
 }
 
 /// Lines of one template: where it first appears, how often, how alarming.
@@ -116,42 +399,73 @@ fn keep_alarms(
 ) {
     let mut groups: Vec<TemplateGroup> = Vec::new();
     // Only looked up, never iterated, so its order cannot reach the view.
-    let mut group_of_template: HashMap<String, usize> = HashMap::new();
+    let mut group_of_template: HashMap<u64, usize> = HashMap::new();
+    // The templates of the groups, split into words, by word count: a new template that
+    // differs from an earlier one in a word or two ("invalid user admin" and "invalid user
+    // test") joins its group.
+    let mut by_length: HashMap<usize, Vec<(usize, Vec<String>)>> = HashMap::new();
     let mut template = String::new();
     for (index, line) in lines.iter().enumerate() {
         let level = alarm_level(prefix(line, ALARM_PREFIX_BYTES), true);
         if level == 0 || level < min_level {
             continue;
         }
-        template_of(prefix(line, TEMPLATE_PREFIX_BYTES), &mut template);
-        match group_of_template.get(template.as_str()) {
-            Some(&group) => groups[group].count += 1,
-            None => {
-                group_of_template.insert(template.clone(), groups.len());
-                groups.push(TemplateGroup {
-                    first: index,
-                    count: 1,
-                    level,
-                });
-            }
+        let hash = template_hash(prefix(line, TEMPLATE_PREFIX_BYTES));
+        if let Some(&group) = group_of_template.get(&hash) {
+            groups[group].count += 1;
+            continue;
         }
+        template_of(prefix(line, TEMPLATE_PREFIX_BYTES), &mut template);
+        let words: Vec<String> = template.split(' ').map(str::to_owned).collect();
+        let similar = by_length.get(&words.len()).and_then(|candidates| {
+            candidates
+                .iter()
+                .take(MAX_SIMILAR_CANDIDATES)
+                .find(|(group, known)| {
+                    groups[*group].level == level && words_differ_little(known, &words)
+                })
+                .map(|&(group, _)| group)
+        });
+        let group = similar.unwrap_or_else(|| {
+            groups.push(TemplateGroup {
+                first: index,
+                count: 0,
+                level,
+            });
+            by_length
+                .entry(words.len())
+                .or_default()
+                .push((groups.len() - 1, words));
+            groups.len() - 1
+        });
+        groups[group].count += 1;
+        group_of_template.insert(hash, group);
     }
     // Errors before warnings; earlier first.
     groups.sort_by(|a, b| b.level.cmp(&a.level).then(a.first.cmp(&b.first)));
 
     let mut used = 0;
+    let mut warnings_used = 0;
     let mut shown = 0;
     for group in &groups {
+        // Errors bring the line after them (a panic's message, a traceback's first frame);
+        // warnings come alone, and take at most part of the budget.
+        let warning = group.level < 2;
         let context = group.first + 1;
-        let cost =
-            usize::from(!keep[group.first]) + usize::from(context < lines.len() && !keep[context]);
-        if used + cost > ALARM_LINE_BUDGET {
+        let with_context = !warning && context < lines.len();
+        let cost = usize::from(!keep[group.first]) + usize::from(with_context && !keep[context]);
+        if used + cost > ALARM_LINE_BUDGET
+            || (warning && warnings_used + cost > WARNING_LINE_BUDGET)
+        {
             break;
         }
         used += cost;
+        if warning {
+            warnings_used += cost;
+        }
         shown += 1;
         keep[group.first] = true;
-        if context < lines.len() {
+        if with_context {
             keep[context] = true;
         }
         match group.count {
@@ -166,7 +480,7 @@ fn keep_alarms(
     }
     // Leftover budget: more context after the shown errors (a panic's message, a traceback's
     // frames), most alarming first, up to the next kept line.
-    for group in &groups[..shown] {
+    for group in groups[..shown].iter().filter(|group| group.level >= 2) {
         let context = group.first + 2..(group.first + 1 + ALARM_CONTEXT_LINES).min(lines.len());
         for index in context {
             if keep[index] || used == ALARM_LINE_BUDGET {
@@ -176,6 +490,22 @@ fn keep_alarms(
             used += 1;
         }
     }
+}
+
+/// Templates of the same length compared with a new one before it starts a group.
+const MAX_SIMILAR_CANDIDATES: usize = 64;
+
+/// Whether two templates of the same length differ in at most one word in five (at least
+/// one), and agree on their first two words that are not variable.
+fn words_differ_little(a: &[String], b: &[String]) -> bool {
+    let differing = a.iter().zip(b).filter(|(x, y)| x != y).count();
+    let constant_start_agrees = a
+        .iter()
+        .zip(b)
+        .filter(|(x, _)| !x.starts_with('#'))
+        .take(2)
+        .all(|(x, y)| x == y);
+    constant_start_agrees && differing <= (a.len() / 5).max(1)
 }
 
 /// Keeps the lines of pretty-printed JSON whose string value is a whole word of the query
@@ -255,38 +585,82 @@ fn indentation(line: &str) -> usize {
     line.len() - line.trim_start().len()
 }
 
-/// The line with its variable parts (numbers, hex ids, day and month names) replaced by '#'
-/// and whitespace runs collapsed, so lines that differ only there share a template.
-fn template_of(line: &str, out: &mut String) {
+/// The line with its variable parts replaced by '#' and whitespace runs collapsed, so lines
+/// that differ only there share a template. Variable: words (runs of letters, digits, '_',
+/// '.' and '-') with a digit (numbers, IPs, versions, host names like `adsl-70-242.dsl.net`),
+/// long hex ids, day and month names, and the value after '=' (`rhost=…`, `user=…`).
+pub(crate) fn template_of(line: &str, out: &mut String) {
     out.clear();
+    template_parts(line, |part| match part {
+        Part::Text(text) => out.push_str(text),
+        Part::Variable => out.push('#'),
+        Part::Space => out.push(' '),
+    });
+}
+
+/// A hash of `template_of(line)`, without building it.
+pub(crate) fn template_hash(line: &str) -> u64 {
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |byte: u8| hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+    template_parts(line, |part| match part {
+        Part::Text(text) => text.bytes().for_each(&mut mix),
+        Part::Variable => mix(b'#'),
+        Part::Space => mix(b' '),
+    });
+    hash
+}
+
+/// A piece of a line's template.
+enum Part<'a> {
+    Text(&'a str),
+    Variable,
+    Space,
+}
+
+fn is_word_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-')
+}
+
+/// Calls `emit` with the parts of a line's template, in order.
+fn template_parts<'a>(line: &'a str, mut emit: impl FnMut(Part<'a>)) {
     let bytes = line.as_bytes();
     let mut i = 0;
+    let mut after_equals = false;
     while i < bytes.len() {
         let start = i;
         let byte = bytes[i];
         if byte.is_ascii_alphanumeric() {
-            while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
+            while i < bytes.len() && is_word_byte(bytes[i]) {
                 i += 1;
             }
-            let word = &line[start..i];
-            if is_variable_word(word) {
-                out.push('#');
-            } else {
-                out.push_str(word);
+            // A sentence's final dot or a trailing dash is not part of the word.
+            while i > start + 1 && matches!(bytes[i - 1], b'.' | b'-') {
+                i -= 1;
             }
+            let word = &line[start..i];
+            if after_equals || is_variable_word(word) {
+                emit(Part::Variable);
+            } else {
+                emit(Part::Text(word));
+            }
+            after_equals = false;
         } else if byte.is_ascii_whitespace() {
             while i < bytes.len() && bytes[i].is_ascii_whitespace() {
                 i += 1;
             }
-            out.push(' ');
+            emit(Part::Space);
+            after_equals = false;
         } else if byte.is_ascii() {
             i += 1;
-            out.push(char::from(byte));
+            emit(Part::Text(&line[start..i]));
+            after_equals = byte == b'=';
         } else {
             while i < bytes.len() && !bytes[i].is_ascii() {
                 i += 1;
             }
-            out.push_str(&line[start..i]);
+            emit(Part::Text(&line[start..i]));
+            after_equals = false;
         }
     }
 }
@@ -302,7 +676,7 @@ fn is_variable_word(word: &str) -> bool {
 }
 
 /// Tools whose output lines are search matches or listings rather than a log.
-fn is_search_tool(name: &str) -> bool {
+pub(crate) fn is_search_tool(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     matches!(name.as_str(), "rg" | "ripgrep" | "find" | "glob" | "ls")
         || name.contains("grep")
@@ -437,7 +811,12 @@ mod tests {
             ]);
         }
         lines.extend(["  ]".to_owned(), "}".to_owned()]);
-        let view = view_of(&lines, "Which version of pydantic is installed?");
+        let as_str: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let view = text_view(
+            &as_str,
+            &ctx("Which version of pydantic is installed?"),
+            false,
+        );
         assert!(view.text.contains("\"name\": \"pydantic\","));
         assert!(view.text.contains("\"version\": \"1.41.0\","));
         assert!(view.text.contains("\"requires_python\": \">=3.2\""));
@@ -465,8 +844,10 @@ mod tests {
         let view = compress(&as_str, &grep);
         assert!(!view.text.contains(&lines[100]));
         assert!(view.text.contains(&lines[200]));
+        // Search hits are recognised by their shape too, without the tool's name.
         let view = view_of(&lines, "");
-        assert!(view.text.contains(&lines[100]));
+        assert!(!view.text.contains(&lines[100]));
+        assert!(view.text.contains(&lines[200]));
     }
 
     #[test]
@@ -506,5 +887,87 @@ mod tests {
         );
         assert_eq!(first, second);
         assert_eq!(first, "[# # # #:#:# #] [error] state # id #");
+    }
+
+    #[test]
+    fn shapes_are_told_apart() {
+        let shape = |text: &str, query: &str| {
+            let lines: Vec<&str> = text.lines().collect();
+            match shape_of(&lines, &ctx(query)) {
+                Shape::Log => "log",
+                Shape::Grep => "grep",
+                Shape::Table(_) => "table",
+                Shape::Code => "code",
+                Shape::Text => "text",
+            }
+        };
+        let log: String = info_log(50).join("\n");
+        assert_eq!(shape(&log, ""), "log");
+        let apache: String = (0..50)
+            .map(|i| {
+                format!(
+                    "[Sun Dec 04 04:47:{:02} 2005] [notice] child {i} ok\n",
+                    i % 60
+                )
+            })
+            .collect();
+        assert_eq!(shape(&apache, ""), "log");
+        let grep: String = (0..50)
+            .map(|i| format!("src/m{i}.rs:{i}:fn f{i}() {{}}\n"))
+            .collect();
+        assert_eq!(shape(&grep, ""), "grep");
+        let ls: String = (0..50)
+            .map(|i| format!("-rw-r--r--  1 root root {:>6} Apr 27  2026 f{i}\n", i * 100))
+            .collect();
+        assert_eq!(shape(&ls, ""), "table");
+        let code: String = (0..50)
+            .map(|i| format!("fn f{i}(x: u32) -> u32 {{\n    x + {i}\n}}\n"))
+            .collect();
+        assert_eq!(shape(&code, "read src/lib.rs"), "code");
+        let tests: String = (0..50)
+            .map(|i| format!("test tests::case_{i} ... ok\n"))
+            .collect();
+        assert_eq!(shape(&tests, ""), "text");
+    }
+
+    #[test]
+    fn log_summary_counts_levels_and_templates() {
+        let mut lines = info_log(1000);
+        for i in (10..1000).step_by(10) {
+            lines[i] = format!(
+                "2024-03-01 10:00:{:02} WARN cache miss for key user:{i}",
+                i % 60
+            );
+        }
+        let view = view_of(&lines, "");
+        let footer: Vec<&str> = view.text.lines().rev().take(2).collect();
+        assert!(
+            footer[1].starts_with("omitted lines by level: INFO 8"),
+            "{footer:?}"
+        );
+        assert!(footer[1].contains("WARN 9"), "{footer:?}");
+        assert!(
+            footer[0].starts_with("most frequent omitted lines (numbers and ids as #): `# #:#:# INFO request # served in # ms` ×"),
+            "{footer:?}"
+        );
+        assert!(
+            footer[0].contains("`# #:#:# WARN cache miss for key user:#` ×9"),
+            "{footer:?}"
+        );
+    }
+
+    #[test]
+    fn template_hash_agrees_with_template() {
+        let (mut a, mut b) = (String::new(), String::new());
+        let one = "[Sun Dec 04 04:47:44 2005] [error] é state 6";
+        let two = "[Mon Dec 05 11:02:09 2005] [error]  é state 7";
+        template_of(one, &mut a);
+        template_of(two, &mut b);
+        assert_eq!(a, b);
+        assert_eq!(template_hash(one), template_hash(two));
+        assert_ne!(
+            template_hash(one),
+            template_hash("[Sun Dec 04 04:47:44 2005] [notice] é state 6")
+        );
     }
 }

@@ -3,13 +3,29 @@
 //! A view keeps what a model most likely needs from an original (its start and end, errors and
 //! warnings, what matches the conversation's question) and says what it left out, so that the
 //! model can judge whether to retrieve the rest.
+//!
+//! Routing (`compress`):
+//! - JSON documents and NDJSON (`json`): first a lossless rendering (minified, or the records
+//!   as a tab-separated table); when that is small enough it is the view, with no marker.
+//!   Otherwise a lossy view of the main collection's records (an array, the big array inside
+//!   an envelope such as `{"data": [...]}` or cargo metadata, the members of a map).
+//! - Other text is sorted by the shape of its lines (`lines::shape_of`): search hits
+//!   (`grep`), logs, tables (`table`: `ls -l`, `ps`, `dpkg -l`, tab-separated rows), source
+//!   code (`code`), and anything else (build and test output, prose).
+//!
+//! Every view counts the items that `items::split_items` gives, so a marker's counts and the
+//! retrieval search agree. Views are deterministic: maps are only looked up, never iterated.
 
-pub(crate) mod json_array;
+pub(crate) mod code;
+pub(crate) mod grep;
+pub(crate) mod json;
 pub(crate) mod lines;
+pub(crate) mod table;
 
-use crate::items::{ItemKind, split_items};
+use crate::items::{json_collection, split_lines};
 use crate::search::terms;
 use crate::tokens::estimate_tokens;
+use json::Frame;
 
 /// What the conversation says about the tool output (never from later messages).
 #[derive(Debug, Clone, Default)]
@@ -45,28 +61,100 @@ const MARKER_TOKENS: usize = 40;
 /// With fewer items there is nothing useful to drop.
 const MIN_ITEMS: usize = 8;
 
-/// Pure function: returns a view when it saves enough (estimate_tokens(view.text) + 40 <= 0.6 *
-/// estimate_tokens(original)); None leaves the output uncompressed. Deterministic: same input,
-/// same bytes.
+/// A lossless rendering is the view when it has at most this many tokens…
+const LOSSLESS_MAX_TOKENS: usize = 2_000;
+/// …and at most this share of the original's (in tenths); or, when no lossy view saves
+/// enough, whatever its size when it saves at least a quarter.
+const LOSSLESS_MAX_TENTHS: usize = 7;
+const LOSSLESS_FALLBACK_TENTHS: usize = 75;
+/// Renderings shrink JSON at most about this many times (a table of pretty-printed records):
+/// a larger original cannot get a lossless view within LOSSLESS_MAX_TOKENS.
+const LOSSLESS_MAX_RATIO: usize = 8;
+
+/// Pure function: returns a view when it saves enough; None leaves the output uncompressed.
+/// Deterministic: same input, same bytes.
+///
+/// JSON (a document, or NDJSON) first gets a lossless rendering (minified, or its records as a
+/// table). That rendering is the view, with no marker, when it has at most LOSSLESS_MAX_TOKENS
+/// tokens and at most 70% of the original's. Otherwise a lossy view is the view when
+/// `estimate_tokens(view.text) + 40 <= 0.6 * estimate_tokens(original)`; failing that, the
+/// lossless rendering when it saves at least a quarter.
+///
+/// The layer calls [`compress_estimated`], having estimated the tokens already.
+#[cfg(test)]
 pub fn compress(original: &str, ctx: &CompressContext<'_>) -> Option<View> {
+    compress_estimated(original, estimate_tokens(original), ctx)
+}
+
+/// `compress` for a caller that has already estimated the original's tokens
+/// (`estimate_tokens(original)`, which costs about a millisecond a megabyte): the same view.
+pub fn compress_estimated(
+    original: &str,
+    original_tokens: usize,
+    ctx: &CompressContext<'_>,
+) -> Option<View> {
     if original.contains(MARKER_TEXT) {
         return None;
     }
-    let original_tokens = estimate_tokens(original);
     if !saves_enough(0, original_tokens) {
         return None;
     }
-    let items = split_items(original);
-    if items.items.len() < MIN_ITEMS {
+    if let Some(collection) = json_collection(original) {
+        let frame = Frame::Document(&collection);
+        return compress_records(&collection.items, &frame, ctx, original_tokens);
+    }
+    let lines = split_lines(original);
+    if json::is_ndjson(&lines) {
+        return compress_records(&lines, &Frame::Lines, ctx, original_tokens);
+    }
+    if lines.len() < MIN_ITEMS {
         return None;
     }
-    let view = match items.kind {
-        // Arrays of objects get a schema and field summaries; arrays of other values the same
-        // selection with a typed header.
-        ItemKind::JsonArray => json_array::compress(&items.items, ctx),
-        ItemKind::Lines => lines::compress(&items.items, ctx),
-    };
+    let view = lines::compress(&lines, ctx);
     Some(view).filter(|view| saves_enough(estimate_tokens(&view.text), original_tokens))
+}
+
+/// The view of JSON records: lossless when that is small enough, else lossy.
+fn compress_records(
+    items: &[&str],
+    frame: &Frame<'_, '_>,
+    ctx: &CompressContext<'_>,
+    original_tokens: usize,
+) -> Option<View> {
+    let unit = match frame {
+        Frame::Document(_) => "items",
+        Frame::Lines => "lines",
+    };
+    let lossless_view = |text: String| View {
+        text,
+        unit,
+        total: items.len(),
+        kept: items.len(),
+        lossless: true,
+    };
+    let mut lossless = None;
+    if original_tokens <= LOSSLESS_MAX_TOKENS * LOSSLESS_MAX_RATIO {
+        let text = json::lossless(items, frame);
+        let tokens = estimate_tokens(&text);
+        if tokens <= LOSSLESS_MAX_TOKENS && tokens * 10 <= original_tokens * LOSSLESS_MAX_TENTHS {
+            return Some(lossless_view(text));
+        }
+        lossless = Some((text, tokens));
+    }
+    // However few the records, a view that cuts long strings and collapses big containers
+    // can save most of a large document.
+    if !items.is_empty() {
+        let view = json::compress(items, frame, ctx);
+        if saves_enough(estimate_tokens(&view.text), original_tokens) {
+            return Some(view);
+        }
+    }
+    let (text, tokens) = lossless.unwrap_or_else(|| {
+        let text = json::lossless(items, frame);
+        let tokens = estimate_tokens(&text);
+        (text, tokens)
+    });
+    (tokens * 100 <= original_tokens * LOSSLESS_FALLBACK_TENTHS).then(|| lossless_view(text))
 }
 
 /// `view_tokens + 40 <= 0.6 * original_tokens`, in integers.
@@ -260,7 +348,8 @@ pub(crate) fn alarm_level(text: &str, identifiers_join: bool) -> u8 {
         if word.len() < 3 {
             continue;
         }
-        quiet |= matches!(word, b"INFO" | b"DEBUG" | b"TRACE" | b"NOTICE");
+        quiet |= matches!(word[0], b'I' | b'D' | b'T' | b'N')
+            && matches!(word, b"INFO" | b"DEBUG" | b"TRACE" | b"NOTICE");
         let word_level = match word_alarm(word, &bytes[pos..]) {
             2 if word.iter().all(u8::is_ascii_uppercase) => 3,
             word_level => word_level,
@@ -489,7 +578,7 @@ mod tests {
             assert_eq!(view, compress(&original, &context));
             if let Some(view) = view {
                 views[round % 2] += 1;
-                let items = split_items(&original);
+                let items = crate::items::split_items(&original);
                 assert_eq!(view.total, items.items.len());
                 assert_eq!(view.unit, items.kind.unit());
                 assert!(view.kept <= view.total);
