@@ -15,6 +15,11 @@ use crate::store::Lookup;
 
 /// Most matches a query answer lists.
 const SEARCH_LIMIT: usize = 20;
+/// Most bytes of matches a query answer carries (a single JSON record can be tens of KB); each
+/// match is cut to its share, and the answer says how to get the rest.
+const SEARCH_ANSWER_BYTES: usize = 32 * 1024;
+/// Every match keeps at least this much, however many there are.
+const MIN_HIT_BYTES: usize = 512;
 
 #[derive(Deserialize)]
 struct Arguments {
@@ -122,8 +127,81 @@ fn render_search(id: &EntryId, query: &str, result: &search::SearchResult) -> St
         result.total_items
     );
     out.push_str(" Call again without query for the whole original.\n");
+    let share = (SEARCH_ANSWER_BYTES / result.hits.len().max(1)).max(MIN_HIT_BYTES);
+    let mut cut = 0;
     for hit in &result.hits {
-        let _ = writeln!(out, "[{label} {}] {}", hit.index + 1, hit.text);
+        let text = hit.text.as_str();
+        let kept = &text[..floor_char_boundary(text, share)];
+        let _ = write!(out, "[{label} {}] {kept}", hit.index + 1);
+        if kept.len() < text.len() {
+            cut += 1;
+            let _ = write!(out, " … [{} more bytes]", text.len() - kept.len());
+        }
+        out.push('\n');
+    }
+    if cut > 0 {
+        let _ = writeln!(
+            out,
+            "({cut} long {} cut short: call again without query for the whole original.)",
+            if cut == 1 {
+                label.to_owned()
+            } else {
+                format!("{label}s")
+            }
+        );
     }
     out
+}
+
+/// The largest index at most `at` that is a char boundary of `text`.
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::{Hit, SearchResult};
+
+    #[test]
+    fn a_query_answer_stays_bounded_and_says_what_was_cut() {
+        let id = EntryId::parse("0123456789abcdef01234567").unwrap();
+        let big = "é".repeat(20_000);
+        let result = SearchResult {
+            unit: "items",
+            total_items: 100,
+            matched: 30,
+            hits: (0..20)
+                .map(|index| Hit {
+                    index,
+                    text: big.clone(),
+                    score: 1.0,
+                })
+                .collect(),
+        };
+        let answer = render_search(&id, "q", &result);
+        assert!(
+            answer.len() < SEARCH_ANSWER_BYTES + 4_096,
+            "{}",
+            answer.len()
+        );
+        assert!(answer.contains("more bytes]"));
+        assert!(answer.contains("20 long items cut short"));
+        let small = SearchResult {
+            unit: "lines",
+            total_items: 3,
+            matched: 1,
+            hits: vec![Hit {
+                index: 2,
+                text: "needle line".into(),
+                score: 2.0,
+            }],
+        };
+        let answer = render_search(&id, "needle", &small);
+        assert!(answer.ends_with("[line 3] needle line\n"), "{answer}");
+    }
 }

@@ -18,12 +18,12 @@ pub(crate) use openai_responses::OpenAiResponses;
 
 /// Description of the injected retrieval tool. Its bytes never change: the provider's prompt
 /// cache covers the tools array.
-pub(crate) const TOOL_DESCRIPTION: &str = "Get back the original of a tool output that was compressed. A compressed output ends with a marker such as [120 items compressed to 12. Retrieve more: hash=<24 hex>]; the original is kept intact. Call with that hash to get the whole original, or add a query to get only the items that match it.";
+pub(crate) const TOOL_DESCRIPTION: &str = "Get back the original of a tool output that was compressed. A compressed output ends with a marker such as [120 items compressed to 12. Retrieve more: hash=<24 hex>]; the original is kept intact. Call with that hash to get the whole original, or add a query to get only the records or lines that match it.";
 /// Description of the `hash` parameter.
 pub(crate) const HASH_DESCRIPTION: &str =
     "The 24 hex characters after hash= in the marker of the compressed output.";
 /// Description of the `query` parameter.
-pub(crate) const QUERY_DESCRIPTION: &str = "Optional search words: return only the items (JSON array elements or lines) that match best, instead of the whole original.";
+pub(crate) const QUERY_DESCRIPTION: &str = "Optional search words: return only the records (of a JSON output) or lines that match best, instead of the whole original.";
 
 /// A request body the adapter could not read as its API shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
