@@ -83,6 +83,7 @@ struct Summary {
     compress_cases_tokens_before: usize,
     compress_cases_tokens_after: usize,
     compress_cases_saved_percent: f64,
+    compress_cases_median_saved_percent: f64,
     needles: usize,
     needles_visible: usize,
     needles_reachable: usize,
@@ -376,10 +377,11 @@ fn markdown(summary: &Summary) -> String {
         ));
     }
     out.push_str(&format!(
-        "\n**`compress` cases: {} → {} tokens ({:.1}% fewer).** Needles visible without retrieval: {}/{}; reachable (visible or returned by one retrieve with the question): {}/{}. Layer time per case: median {:.2} ms, max {:.2} ms.\n",
+        "\n**`compress` cases: {} → {} tokens ({:.1}% fewer; median per case {:.1}%).** Needles visible without retrieval: {}/{}; reachable (visible or returned by one retrieve with the question): {}/{}. Layer time per case: median {:.2} ms, max {:.2} ms.\n",
         summary.compress_cases_tokens_before,
         summary.compress_cases_tokens_after,
         summary.compress_cases_saved_percent,
+        summary.compress_cases_median_saved_percent,
         summary.needles_visible,
         summary.needles,
         summary.needles_reachable,
@@ -482,6 +484,13 @@ async fn main() -> Result<(), BoxError> {
         compress_cases_tokens_before: before,
         compress_cases_tokens_after: after,
         compress_cases_saved_percent: saved(before, after),
+        compress_cases_median_saved_percent: median(
+            &mut rows
+                .iter()
+                .filter(|row| row.expect == "compress")
+                .map(|row| row.saved_percent)
+                .collect::<Vec<_>>(),
+        ),
         needles: rows.iter().map(|row| row.needles).sum(),
         needles_visible: rows.iter().map(|row| row.needles_visible).sum(),
         needles_reachable: rows.iter().map(|row| row.needles_reachable).sum(),

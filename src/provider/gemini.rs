@@ -49,6 +49,8 @@
 
 use std::borrow::Cow;
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -447,34 +449,72 @@ fn function_calls<'a>(content: &Content<'a>) -> Vec<FunctionCall<'a>> {
         .collect()
 }
 
-/// The call a function response answers, among the calls of the earlier contents: the call
-/// with its `id`; else (no id, or none matches) the `nth` call named `name` in the nearest
-/// content that has one.
-fn matching_call<'a>(
-    earlier: &[Vec<FunctionCall<'a>>],
-    id: Option<&str>,
-    name: Option<&str>,
-    nth: usize,
-) -> Option<FunctionCall<'a>> {
-    if let Some(id) = id {
-        let by_id = earlier
-            .iter()
-            .rev()
-            .flatten()
-            .find(|call| text_of(call.id).as_deref() == Some(id));
-        if by_id.is_some() {
-            return by_id.copied();
+/// The function calls of every content, indexed by id and by name, built once per request (a
+/// request may hold thousands of responses: no scan backwards per response).
+struct CallIndex<'a> {
+    calls: Vec<Vec<FunctionCall<'a>>>,
+    /// Call id -> (content index, position) of the calls with it, in order.
+    by_id: HashMap<String, Vec<(usize, usize)>>,
+    /// Function name -> indexes of the contents with a call of that name, in order.
+    by_name: HashMap<String, Vec<usize>>,
+}
+
+impl<'a> CallIndex<'a> {
+    fn new(calls: Vec<Vec<FunctionCall<'a>>>) -> Self {
+        let mut by_id: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (content, content_calls) in calls.iter().enumerate() {
+            for (position, call) in content_calls.iter().enumerate() {
+                if let Some(id) = text_of(call.id) {
+                    by_id
+                        .entry(id.into_owned())
+                        .or_default()
+                        .push((content, position));
+                }
+                if let Some(name) = text_of(call.name) {
+                    let contents = by_name.entry(name.into_owned()).or_default();
+                    if contents.last() != Some(&content) {
+                        contents.push(content);
+                    }
+                }
+            }
+        }
+        Self {
+            calls,
+            by_id,
+            by_name,
         }
     }
-    let name = name?;
-    earlier.iter().rev().find_map(|calls| {
-        let named: Vec<&FunctionCall<'a>> = calls
+
+    /// The call a function response in content `before` answers: the latest earlier call with
+    /// its `id`; else (no id, or none matches) the `nth` call named `name` in the nearest
+    /// earlier content that has one.
+    fn matching(
+        &self,
+        before: usize,
+        id: Option<&str>,
+        name: Option<&str>,
+        nth: usize,
+    ) -> Option<FunctionCall<'a>> {
+        if let Some(&(content, position)) = id
+            .and_then(|id| self.by_id.get(id))
+            .and_then(|found| found.iter().rev().find(|(content, _)| *content < before))
+        {
+            return Some(self.calls[content][position]);
+        }
+        let content = *self
+            .by_name
+            .get(name?)?
             .iter()
-            .filter(|call| text_of(call.name).as_deref() == Some(name))
+            .rev()
+            .find(|&&content| content < before)?;
+        let named: Vec<&FunctionCall<'a>> = self.calls[content]
+            .iter()
+            .filter(|call| text_of(call.name).as_deref() == name)
             .collect();
         let last = named.len().checked_sub(1)?;
         Some(*named[nth.min(last)])
-    })
+    }
 }
 
 /// The name of the function response of a part, if it has one.
@@ -781,7 +821,7 @@ impl Adapter for Gemini {
         }
         let mut outputs = Vec::new();
         // Read once, when a first output needs them: the calls of every content.
-        let mut calls: Option<Vec<Vec<FunctionCall<'_>>>> = None;
+        let mut calls: Option<CallIndex<'_>> = None;
         // The last user content with text before the current one, and its text when needed.
         let mut last_user: Option<usize> = None;
         let mut asked: Option<(usize, String)> = None;
@@ -817,15 +857,16 @@ impl Adapter for Gemini {
                 if found.is_empty() {
                     continue;
                 }
-                let calls = calls
-                    .get_or_insert_with(|| request.contents.iter().map(function_calls).collect());
+                let calls = calls.get_or_insert_with(|| {
+                    CallIndex::new(request.contents.iter().map(function_calls).collect())
+                });
                 names.extend(parts[names.len()..position].iter().map(response_name));
                 let nth = names
                     .iter()
                     .filter(|n| name.is_some() && **n == name)
                     .count();
                 let id = text_of(response.id).filter(|id| !id.is_empty());
-                let call = matching_call(&calls[..index], id.as_deref(), name.as_deref(), nth);
+                let call = calls.matching(index, id.as_deref(), name.as_deref(), nth);
                 let call_name = call.as_ref().and_then(|c| text_of(c.name));
                 if call_name.as_deref() == Some(tool_name) {
                     continue;

@@ -16,6 +16,8 @@
 
 use std::borrow::Cow;
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -175,14 +177,46 @@ struct CallContext {
 
 /// The conversation before item `index`: the last user message, and the call of the output at
 /// `index` (found by `call_id` among the earlier items).
-fn context_before(items: &[InputItem<'_>], index: usize) -> (String, Option<CallContext>) {
-    let earlier = &items[..index];
+/// Where each item's context is, found in one pass over the items (a request may hold
+/// thousands of outputs: no scan backwards per output).
+struct ContextIndex {
+    /// For each item, the index of the last user message before it.
+    last_user: Vec<Option<usize>>,
+    /// (item type, call id) -> the indexes of the items with them, in order.
+    calls: HashMap<(String, String), Vec<usize>>,
+}
+
+impl ContextIndex {
+    fn new(items: &[InputItem<'_>]) -> Self {
+        let mut last_user = Vec::with_capacity(items.len());
+        let mut calls: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut last = None;
+        for (index, item) in items.iter().enumerate() {
+            last_user.push(last);
+            if item.is_user_message() {
+                last = Some(index);
+            }
+            if let (Some(kind), Some(call_id)) =
+                (item.kind(), item.call_id.value().and_then(string_value))
+            {
+                calls
+                    .entry((kind.into_owned(), call_id.into_owned()))
+                    .or_default()
+                    .push(index);
+            }
+        }
+        Self { last_user, calls }
+    }
+}
+
+fn context_before(
+    items: &[InputItem<'_>],
+    context: &ContextIndex,
+    index: usize,
+) -> (String, Option<CallContext>) {
     let output = &items[index];
-    let last_user = earlier
-        .iter()
-        .rev()
-        .find(|item| item.is_user_message())
-        .and_then(|item| item.content.value())
+    let last_user = context.last_user[index]
+        .and_then(|at| items[at].content.value())
         .map(content_text)
         .unwrap_or_default();
     let last_user = truncated(last_user, MAX_QUESTION_BYTES);
@@ -191,21 +225,23 @@ fn context_before(items: &[InputItem<'_>], index: usize) -> (String, Option<Call
         .and_then(|kind| call_kind_of(&kind))
         .zip(output.call_id.value().and_then(string_value))
         .and_then(|(call_kind, call_id)| {
-            earlier.iter().rev().find_map(|item| {
-                let same = item.kind().as_deref() == Some(call_kind)
-                    && item.call_id.value().and_then(string_value).as_deref()
-                        == Some(call_id.as_ref());
-                same.then(|| CallContext {
-                    name: item
-                        .name
-                        .value()
-                        .and_then(string_value)
-                        .map(Cow::into_owned),
-                    namespaced: item.namespace.value().is_some(),
-                    arguments: call_input(item).value().map_or_else(String::new, |raw| {
-                        string_value(raw).map_or_else(|| raw.get().to_owned(), Cow::into_owned)
-                    }),
-                })
+            let at = context
+                .calls
+                .get(&(call_kind.to_owned(), call_id.into_owned()))?
+                .iter()
+                .rev()
+                .find(|&&at| at < index)?;
+            let item = &items[*at];
+            Some(CallContext {
+                name: item
+                    .name
+                    .value()
+                    .and_then(string_value)
+                    .map(Cow::into_owned),
+                namespaced: item.namespace.value().is_some(),
+                arguments: call_input(item).value().map_or_else(String::new, |raw| {
+                    string_value(raw).map_or_else(|| raw.get().to_owned(), Cow::into_owned)
+                }),
             })
         });
     let call = call.map(|mut call| {
@@ -462,11 +498,13 @@ impl Adapter for OpenAiResponses {
                     .kind()
                     .is_some_and(|kind| call_kind_of(&kind).is_some())
         });
+        let mut context = None;
         for (index, item) in candidates {
             let Some(output) = item.output.value() else {
                 continue;
             };
-            let (last_user, call) = context_before(&items, index);
+            let context = context.get_or_insert_with(|| ContextIndex::new(&items));
+            let (last_user, call) = context_before(&items, context, index);
             if call
                 .as_ref()
                 .is_some_and(|call| !call.namespaced && call.name.as_deref() == Some(tool_name))
