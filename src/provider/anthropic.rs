@@ -13,9 +13,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, Malformed, QUERY_DESCRIPTION,
-    TOOL_DESCRIPTION, ToolOutput, Turn,
+    Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, MAX_ARGUMENTS_BYTES, MAX_QUESTION_BYTES,
+    Malformed, QUERY_DESCRIPTION, TOOL_DESCRIPTION, ToolOutput, Turn, append_to_root_array, array,
+    object,
 };
+use crate::compress::prefix;
 use crate::json::{
     Field, OrderedObject, Splice, array_append_point, is_null, object_append_point, quote, span_of,
     string_value, sum_usage,
@@ -23,14 +25,6 @@ use crate::json::{
 
 /// The Anthropic Messages adapter.
 pub(crate) struct AnthropicMessages;
-
-fn object(text: &str) -> Result<OrderedObject<'_>, Malformed> {
-    serde_json::from_str(text).map_err(|_| Malformed("expected a JSON object"))
-}
-
-fn array(text: &str) -> Result<Vec<&RawValue>, Malformed> {
-    serde_json::from_str(text).map_err(|_| Malformed("expected a JSON array"))
-}
 
 /// A content block, read leniently: an element that is not an object has no members (and is
 /// never a tool block).
@@ -149,23 +143,6 @@ fn redeemable(request: &MessagesRequest<'_>, tool_name: &str) -> bool {
     })
 }
 
-/// Most bytes of the user's text and of the call's input that go into a query: enough for any
-/// question, and a bound on the compressors' work per output.
-const MAX_QUESTION_BYTES: usize = 2_000;
-const MAX_ARGUMENTS_BYTES: usize = 1_000;
-
-/// At most `max` bytes of `text`, cut on a char boundary.
-fn truncated(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 /// The user's text: string literals joined by '\n', at most `MAX_QUESTION_BYTES`.
 fn user_text(texts: &[&RawValue]) -> String {
     let mut out = String::new();
@@ -178,7 +155,7 @@ fn user_text(texts: &[&RawValue]) -> String {
         }
         out.push_str(&string_value(raw).unwrap_or_default());
     }
-    let end = truncated(&out, MAX_QUESTION_BYTES).len();
+    let end = prefix(&out, MAX_QUESTION_BYTES).len();
     out.truncate(end);
     out
 }
@@ -311,7 +288,7 @@ impl Adapter for AnthropicMessages {
                 let question = user_text(if texts.is_empty() { &last_user } else { &texts });
                 let input = call
                     .and_then(|c| c.input)
-                    .map(|input| truncated(input.get(), MAX_ARGUMENTS_BYTES).to_owned())
+                    .map(|input| prefix(input.get(), MAX_ARGUMENTS_BYTES).to_owned())
                     .unwrap_or_default();
                 let query = if input.is_empty() {
                     question
@@ -347,25 +324,7 @@ impl Adapter for AnthropicMessages {
         tool_name: &str,
         splice: &mut Splice,
     ) -> Result<(), Malformed> {
-        let root = object(body)?;
-        let tool = tool_definition(tool_name);
-        match root.get("tools") {
-            Some(tools) if is_null(tools) => {
-                let span = span_of(body, tools).ok_or(Malformed("tools"))?;
-                splice.replace(span, format!("[{tool}]"));
-            }
-            Some(tools) => {
-                let span = span_of(body, tools).ok_or(Malformed("tools"))?;
-                let (at, has_items) = array_append_point(body, &span).ok_or(Malformed("tools"))?;
-                splice.insert(at, if has_items { format!(",{tool}") } else { tool });
-            }
-            None => {
-                let (at, has_members) = object_append_point(body).ok_or(Malformed("root"))?;
-                let comma = if has_members { "," } else { "" };
-                splice.insert(at, format!("{comma}\"tools\":[{tool}]"));
-            }
-        }
-        Ok(())
+        append_to_root_array(body, "tools", tool_definition(tool_name), splice)
     }
 
     fn read_turn(&self, response: &str, tool_name: &str) -> Result<Turn, Malformed> {

@@ -55,8 +55,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, Malformed, QUERY_DESCRIPTION,
-    TOOL_DESCRIPTION, ToolOutput, Turn,
+    Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, MAX_ARGUMENTS_BYTES, MAX_QUESTION_BYTES,
+    Malformed, QUERY_DESCRIPTION, TOOL_DESCRIPTION, ToolOutput, Turn, array, object, truncated,
 };
 use crate::json::{
     Field, OrderedObject, Splice, array_append_point, has_long_string, is_null,
@@ -66,14 +66,6 @@ use crate::tokens::estimate_tokens;
 
 /// The Gemini `generateContent` adapter.
 pub(crate) struct Gemini;
-
-fn object(text: &str) -> Result<OrderedObject<'_>, Malformed> {
-    serde_json::from_str(text).map_err(|_| Malformed("expected a JSON object"))
-}
-
-fn array(text: &str) -> Result<Vec<&RawValue>, Malformed> {
-    serde_json::from_str(text).map_err(|_| Malformed("expected a JSON array"))
-}
 
 /// The first member of `object` spelled `camel` or `snake`, `null` included.
 fn member<'a>(object: &OrderedObject<'a>, camel: &str, snake: &str) -> Option<&'a RawValue> {
@@ -306,23 +298,6 @@ fn redeemable(
     }
     // A client that already declares functions already mixes them with whatever else it sends.
     functions || !(built_in || generation.is_some_and(GenerationConfig::structured_output))
-}
-
-/// Most bytes of the user text and of the call's arguments that go into a query: enough for
-/// any question, and a bound on the compressors' work per output.
-const MAX_QUESTION_BYTES: usize = 2_000;
-const MAX_ARGUMENTS_BYTES: usize = 1_000;
-
-/// At most `max` bytes of `text`, cut on a char boundary.
-fn truncated(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 /// Containers nested deeper than this inside a `response` are taken whole.

@@ -9,7 +9,11 @@ mod openai_responses;
 use std::fmt;
 use std::ops::Range;
 
-use crate::json::Splice;
+use serde_json::value::RawValue;
+
+use crate::json::{
+    OrderedObject, Splice, array_append_point, is_null, object_append_point, span_of,
+};
 
 pub(crate) use anthropic::AnthropicMessages;
 pub(crate) use gemini::Gemini;
@@ -24,6 +28,72 @@ pub(crate) const HASH_DESCRIPTION: &str =
     "The 24 hex characters after hash= in the marker of the compressed output.";
 /// Description of the `query` parameter.
 pub(crate) const QUERY_DESCRIPTION: &str = "Optional search words: return only the records (of a JSON output) or lines that match best, instead of the whole original.";
+
+/// Most bytes of the user's question and of the call's arguments that go into a query: enough
+/// for any question, and a bound on the compressors' work per output.
+pub(crate) const MAX_QUESTION_BYTES: usize = 2_000;
+pub(crate) const MAX_ARGUMENTS_BYTES: usize = 1_000;
+
+/// At most `max` bytes of `text`, cut on a char boundary.
+pub(crate) fn truncated(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// `text` as a JSON object with its members in order.
+pub(crate) fn object(text: &str) -> Result<OrderedObject<'_>, Malformed> {
+    serde_json::from_str(text).map_err(|_| Malformed("expected a JSON object"))
+}
+
+/// `text` as a JSON array of raw elements.
+pub(crate) fn array(text: &str) -> Result<Vec<&RawValue>, Malformed> {
+    serde_json::from_str(text).map_err(|_| Malformed("expected a JSON array"))
+}
+
+/// Appends `element` to the array in the root member `key` of `body`, after what is there: the
+/// member may hold an array, be `null` (it becomes `[element]`), or be absent (it is added).
+pub(crate) fn append_to_root_array(
+    body: &str,
+    key: &str,
+    element: String,
+    splice: &mut Splice,
+) -> Result<(), Malformed> {
+    let root = object(body)?;
+    match root.get(key) {
+        Some(value) if is_null(value) => {
+            let span = span_of(body, value).ok_or(Malformed("member span"))?;
+            splice.replace(span, format!("[{element}]"));
+        }
+        Some(value) => {
+            let span = span_of(body, value).ok_or(Malformed("member span"))?;
+            let (at, has_items) =
+                array_append_point(body, &span).ok_or(Malformed("expected an array"))?;
+            splice.insert(
+                at,
+                if has_items {
+                    format!(",{element}")
+                } else {
+                    element
+                },
+            );
+        }
+        None => {
+            let (at, has_members) = object_append_point(body).ok_or(Malformed("root"))?;
+            let comma = if has_members { "," } else { "" };
+            splice.insert(
+                at,
+                format!("{comma}{}:[{element}]", crate::json::quote(key)),
+            );
+        }
+    }
+    Ok(())
+}
 
 /// A request body the adapter could not read as its API shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

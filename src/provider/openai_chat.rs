@@ -7,8 +7,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, Malformed, QUERY_DESCRIPTION,
-    TOOL_DESCRIPTION, ToolOutput, Turn,
+    Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, MAX_ARGUMENTS_BYTES, MAX_QUESTION_BYTES,
+    Malformed, QUERY_DESCRIPTION, TOOL_DESCRIPTION, ToolOutput, Turn, append_to_root_array, array,
+    object, truncated,
 };
 use crate::json::{
     Field, OrderedObject, Splice, array_append_point, is_null, object_append_point, quote, span_of,
@@ -107,14 +108,6 @@ fn response_calls<'a>(message: &OrderedObject<'a>) -> Result<Vec<ResponseCall<'a
         .into_iter()
         .map(ResponseCall::read)
         .collect()
-}
-
-fn object(text: &str) -> Result<OrderedObject<'_>, Malformed> {
-    serde_json::from_str(text).map_err(|_| Malformed("expected a JSON object"))
-}
-
-fn array(text: &str) -> Result<Vec<&RawValue>, Malformed> {
-    serde_json::from_str(text).map_err(|_| Malformed("expected a JSON array"))
 }
 
 /// The retrieval tool in Chat Completions format.
@@ -228,23 +221,6 @@ fn redeemable(request: &ChatRequest<'_>, tool_name: &str) -> bool {
         name_of("function").as_deref() != Some(tool_name)
             && name_of("custom").as_deref() != Some(tool_name)
     })
-}
-
-/// Most bytes of the user message and of the call's arguments that go into a query: enough for
-/// any question, and a bound on the compressors' work per output.
-const MAX_QUESTION_BYTES: usize = 2_000;
-const MAX_ARGUMENTS_BYTES: usize = 1_000;
-
-/// At most `max` bytes of `text`, cut on a char boundary.
-fn truncated(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 /// What the conversation says before each message, gathered in one forward pass (a request
@@ -397,25 +373,7 @@ impl Adapter for OpenAiChat {
         tool_name: &str,
         splice: &mut Splice,
     ) -> Result<(), Malformed> {
-        let root = object(body)?;
-        let tool = tool_definition(tool_name);
-        match root.get("tools") {
-            Some(tools) if is_null(tools) => {
-                let span = span_of(body, tools).ok_or(Malformed("tools"))?;
-                splice.replace(span, format!("[{tool}]"));
-            }
-            Some(tools) => {
-                let span = span_of(body, tools).ok_or(Malformed("tools"))?;
-                let (at, has_items) = array_append_point(body, &span).ok_or(Malformed("tools"))?;
-                splice.insert(at, if has_items { format!(",{tool}") } else { tool });
-            }
-            None => {
-                let (at, has_members) = object_append_point(body).ok_or(Malformed("root"))?;
-                let comma = if has_members { "," } else { "" };
-                splice.insert(at, format!("{comma}\"tools\":[{tool}]"));
-            }
-        }
-        Ok(())
+        append_to_root_array(body, "tools", tool_definition(tool_name), splice)
     }
 
     fn read_turn(&self, response: &str, tool_name: &str) -> Result<Turn, Malformed> {

@@ -22,8 +22,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, Malformed, QUERY_DESCRIPTION,
-    TOOL_DESCRIPTION, ToolOutput, Turn,
+    Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, MAX_ARGUMENTS_BYTES, MAX_QUESTION_BYTES,
+    Malformed, QUERY_DESCRIPTION, TOOL_DESCRIPTION, ToolOutput, Turn, append_to_root_array, array,
+    object, truncated,
 };
 use crate::json::{
     Field, OrderedObject, Splice, array_append_point, is_null, object_append_point, quote, span_of,
@@ -32,14 +33,6 @@ use crate::json::{
 
 /// The Responses adapter.
 pub(crate) struct OpenAiResponses;
-
-fn object(text: &str) -> Result<OrderedObject<'_>, Malformed> {
-    serde_json::from_str(text).map_err(|_| Malformed("expected a JSON object"))
-}
-
-fn array(text: &str) -> Result<Vec<&RawValue>, Malformed> {
-    serde_json::from_str(text).map_err(|_| Malformed("expected a JSON array"))
-}
 
 /// The string value of member `key`, if it is a string.
 fn string_member<'a>(members: &OrderedObject<'a>, key: &str) -> Option<Cow<'a, str>> {
@@ -148,23 +141,6 @@ fn content_text(content: &RawValue) -> String {
         .filter_map(|part| string_member(&part, "text").map(Cow::into_owned))
         .collect();
     texts.join("\n")
-}
-
-/// Most bytes of the user message and of the call's arguments that go into a query: enough for
-/// any question, and a bound on the compressors' work per output.
-const MAX_QUESTION_BYTES: usize = 2_000;
-const MAX_ARGUMENTS_BYTES: usize = 1_000;
-
-/// At most `max` bytes of `text`, cut on a char boundary.
-fn truncated(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 /// The call that produced an output, as far as the request shows it.
@@ -568,25 +544,7 @@ impl Adapter for OpenAiResponses {
         tool_name: &str,
         splice: &mut Splice,
     ) -> Result<(), Malformed> {
-        let root = object(body)?;
-        let tool = tool_definition(tool_name);
-        match root.get("tools") {
-            Some(tools) if is_null(tools) => {
-                let span = span_of(body, tools).ok_or(Malformed("tools"))?;
-                splice.replace(span, format!("[{tool}]"));
-            }
-            Some(tools) => {
-                let span = span_of(body, tools).ok_or(Malformed("tools"))?;
-                let (at, has_items) = array_append_point(body, &span).ok_or(Malformed("tools"))?;
-                splice.insert(at, if has_items { format!(",{tool}") } else { tool });
-            }
-            None => {
-                let (at, has_members) = object_append_point(body).ok_or(Malformed("root"))?;
-                let comma = if has_members { "," } else { "" };
-                splice.insert(at, format!("{comma}\"tools\":[{tool}]"));
-            }
-        }
-        Ok(())
+        append_to_root_array(body, "tools", tool_definition(tool_name), splice)
     }
 
     fn read_turn(&self, response: &str, tool_name: &str) -> Result<Turn, Malformed> {
