@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) retention: Retention,
     pub(crate) tool_name: Arc<str>,
     pub(crate) max_body_bytes: usize,
+    /// Tools whose outputs are never compressed.
+    pub(crate) exclude_tools: Arc<[String]>,
     pub(crate) key: IdKey,
     pub(crate) tenant: TenantSource,
     pub(crate) store: Arc<dyn Store>,
@@ -141,6 +143,7 @@ impl CcrLayer {
                 retention: Retention::default(),
                 tool_name: Arc::from(DEFAULT_TOOL_NAME),
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                exclude_tools: Arc::from([]),
                 key: IdKey::random(),
                 tenant: TenantSource::Credentials,
                 store: Arc::new(MemoryStore::new()),
@@ -198,6 +201,17 @@ impl CcrLayer {
     /// Larger requests pass through untouched.
     pub fn max_body_bytes(self, max_body_bytes: usize) -> Self {
         self.with(|s| s.max_body_bytes = max_body_bytes)
+    }
+
+    /// Never compress the outputs of these tools (say, file reads the agent will edit, where
+    /// every byte matters). Matched against the name of the call that produced the output.
+    pub fn exclude_tools<I, N>(self, tools: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
+    {
+        let tools: Arc<[String]> = tools.into_iter().map(Into::into).collect();
+        self.with(|s| s.exclude_tools = tools)
     }
 
     /// Key for ids (default: random per process). Layers that share a secret and a store

@@ -103,7 +103,7 @@ pub use id::{EntryId, TenantId};
 pub use layer::{
     CcrLayer, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROUNDS, DEFAULT_MIN_TOKENS, DEFAULT_TOOL_NAME,
 };
-pub use service::CcrService;
+pub use service::{CcrService, OPT_OUT_HEADER};
 pub use store::{MemoryStore, Store};
 pub use tokens::estimate_tokens;
 

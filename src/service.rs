@@ -268,11 +268,20 @@ where
     exchange(inner, &shared, adapter, &parts, prepared).await
 }
 
+/// The request header that turns the layer off for one request: `x-ccr: off`.
+pub const OPT_OUT_HEADER: &str = "x-ccr";
+
 /// The adapter for a request the layer may rewrite, judged from its head alone (so that
 /// everything else streams through without being buffered).
 fn eligible<B: Body>(shared: &Shared, request: &Request<B>) -> Option<&'static dyn Adapter> {
     let adapter = provider::select(request.method(), request.uri())?;
     let headers = request.headers();
+    if headers
+        .get(OPT_OUT_HEADER)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"off"))
+    {
+        return None;
+    }
     let encoded = headers
         .get(CONTENT_ENCODING)
         .is_some_and(|value| !value.as_bytes().eq_ignore_ascii_case(b"identity"));
@@ -378,6 +387,11 @@ async fn prepare(
         (0u64, 0u64, 0u64, 0u64);
     for output in outputs {
         if output.text.contains(MARKER_TAG) {
+            continue;
+        }
+        if let Some(tool) = &output.tool_name
+            && shared.exclude_tools.iter().any(|excluded| excluded == tool)
+        {
             continue;
         }
         let tokens = estimate_tokens(&output.text);

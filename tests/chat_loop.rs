@@ -652,3 +652,40 @@ async fn a_store_that_cannot_keep_the_original_means_no_marker() {
         .unwrap();
     assert_eq!(log.lock().unwrap()[0].text(), body);
 }
+
+#[tokio::test]
+async fn the_opt_out_header_and_excluded_tools_leave_outputs_alone() {
+    let body = chat_body(conversation(&big_log(1_500)), json!({}));
+
+    let (upstream_1, log_1) = upstream(|_, _| answer("ok", 1));
+    let mut request = post(CHAT_URL, body.clone());
+    request
+        .headers_mut()
+        .insert(tower_ccr::OPT_OUT_HEADER, "off".parse().unwrap());
+    CcrLayer::new()
+        .layer(upstream_1)
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(log_1.lock().unwrap()[0].text(), body);
+
+    // The conversation's output comes from `bash`.
+    let (upstream_2, log_2) = upstream(|_, _| answer("ok", 1));
+    CcrLayer::new()
+        .exclude_tools(["read_file", "bash"])
+        .layer(upstream_2)
+        .oneshot(post(CHAT_URL, body.clone()))
+        .await
+        .unwrap();
+    assert_eq!(log_2.lock().unwrap()[0].text(), body);
+
+    // Other tools' outputs are still compressed.
+    let (upstream_3, log_3) = upstream(|_, _| answer("ok", 1));
+    CcrLayer::new()
+        .exclude_tools(["read_file"])
+        .layer(upstream_3)
+        .oneshot(post(CHAT_URL, body.clone()))
+        .await
+        .unwrap();
+    assert!(marker_hash(log_3.lock().unwrap()[0].text()).is_some());
+}
