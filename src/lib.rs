@@ -93,6 +93,7 @@ pub mod search;
 mod service;
 pub mod store;
 mod tokens;
+mod upstream;
 
 pub use body::CcrBody;
 #[cfg(feature = "tiktoken")]

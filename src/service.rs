@@ -28,6 +28,9 @@ use crate::provider::{self, Adapter, Answer, Inspection, Turn};
 use crate::retrieve;
 use crate::store::{Entry, Lookup};
 use crate::tokens::estimate_tokens;
+use crate::upstream::{
+    remember_unsettled_calls, remember_upstream_turn, settle_unsettled_calls, upstream_turn_id,
+};
 
 /// The service [`CcrLayer`](crate::CcrLayer) wraps around an HTTP client.
 ///
@@ -120,112 +123,6 @@ struct Prepared {
     tool_injected: bool,
     /// The upstream turn the request continues, when its history lives upstream.
     upstream: Option<String>,
-}
-
-/// The store entry that records that an upstream turn (a response id, a conversation) carried
-/// the retrieval tool.
-fn upstream_turn_id(shared: &Shared, tenant: &TenantId, turn: &str) -> EntryId {
-    shared
-        .key
-        .entry(tenant, &format!("\0ccr upstream turn\0{turn}"))
-}
-
-/// The store entry holding the answers to calls an upstream turn keeps but the client never
-/// saw (see [`Adapter::unsettled_calls`]).
-fn unsettled_id(shared: &Shared, tenant: &TenantId, turn: &str) -> EntryId {
-    shared
-        .key
-        .entry(tenant, &format!("\0ccr unsettled calls\0{turn}"))
-}
-
-async fn remember_unsettled_calls(
-    shared: &Shared,
-    tenant: &TenantId,
-    turn: &str,
-    answers: &[Answer],
-) {
-    let answers: Vec<(&str, &str)> = answers
-        .iter()
-        .map(|answer| (answer.call_id.as_str(), answer.text.as_str()))
-        .collect();
-    let Ok(serialized) = serde_json::to_string(&answers) else {
-        return;
-    };
-    let entry = Entry {
-        tenant: tenant.clone(),
-        original: Arc::from(serialized),
-    };
-    if let Err(error) = shared
-        .store
-        .put(unsettled_id(shared, tenant, turn), entry, shared.retention)
-        .await
-    {
-        tracing::warn!(%error, "store failed; the next request continuing this turn may be refused upstream");
-    }
-}
-
-/// Adds to `splice` the answers to the calls the continued upstream turn kept unanswered.
-async fn settle_unsettled_calls(
-    shared: &Shared,
-    adapter: &dyn Adapter,
-    tenant: &TenantId,
-    turn: &str,
-    body: &str,
-    splice: &mut Splice,
-) {
-    let Ok(Lookup::Found(entry)) = shared
-        .store
-        .get(unsettled_id(shared, tenant, turn), shared.retention)
-        .await
-    else {
-        return;
-    };
-    if entry.tenant != *tenant {
-        return;
-    }
-    let Ok(answers) = serde_json::from_str::<Vec<(String, String)>>(&entry.original) else {
-        return;
-    };
-    let answers: Vec<Answer> = answers
-        .into_iter()
-        .map(|(call_id, text)| Answer { call_id, text })
-        .collect();
-    match adapter.settle(body, &answers, splice) {
-        Ok(()) => tracing::debug!(
-            api = adapter.name(),
-            calls = answers.len(),
-            "answers to calls kept upstream added"
-        ),
-        Err(malformed) => {
-            tracing::warn!(api = adapter.name(), %malformed, "could not answer calls kept upstream")
-        }
-    }
-}
-
-/// Records that the response and the conversation it belongs to carry the tool, so that the
-/// requests continuing them keep it.
-async fn remember_upstream_turn(
-    shared: &Shared,
-    tenant: &TenantId,
-    turns: impl IntoIterator<Item = String>,
-) {
-    for turn in turns {
-        let entry = Entry {
-            tenant: tenant.clone(),
-            original: Arc::from(""),
-        };
-        if let Err(error) = shared
-            .store
-            .put(
-                upstream_turn_id(shared, tenant, &turn),
-                entry,
-                shared.retention,
-            )
-            .await
-        {
-            tracing::warn!(%error, "store failed; a continued conversation may lose the tool");
-        }
-    }
 }
 
 async fn run<S, B, ResBody>(
