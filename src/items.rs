@@ -115,7 +115,11 @@ pub(crate) fn json_collection(original: &str) -> Option<Collection<'_>> {
         (bytes.first(), bytes.last()),
         (Some(b'['), Some(b']')) | (Some(b'{'), Some(b'}'))
     );
-    if !framed || serde_json::from_str::<IgnoredAny>(doc).is_err() {
+    // Deeper documents are not walked (the walk recurses per level): they are lines.
+    if !framed
+        || nesting_exceeds(bytes, MAX_NESTING)
+        || serde_json::from_str::<IgnoredAny>(doc).is_err()
+    {
         return None;
     }
     let mut path = Vec::new();
@@ -139,9 +143,24 @@ pub(crate) fn json_collection(original: &str) -> Option<Collection<'_>> {
                     && current.len() <= FEW_MEMBERS
                     && grandchildren[*position].len() >= MANY_CHILDREN
                     && share >= BIGGEST_LIST_SHARE;
+                // A member whose name appears twice is ambiguous: the path could not tell the
+                // two apart, so the walk stops there.
+                let unique = child.key.as_ref().is_none_or(|key| {
+                    current
+                        .iter()
+                        .filter(|other| {
+                            other
+                                .key
+                                .as_ref()
+                                .is_some_and(|k| doc[k.clone()] == doc[key.clone()])
+                        })
+                        .count()
+                        == 1
+                });
                 matches!(bytes[child.value.start], b'{' | b'[')
                     && (share >= DOMINANT_SHARE || biggest_list)
                     && (is_object || current.len() == 1)
+                    && unique
             })
             .map(|(position, child)| (position, child.clone()));
         let Some((position, child)) = dominant else {
@@ -190,6 +209,38 @@ pub(crate) fn json_collection(original: &str) -> Option<Collection<'_>> {
             vec![Vec::new(); current.len()]
         };
     }
+}
+
+/// JSON nested deeper than this is not taken for a document (serde_json's own limit is 128).
+const MAX_NESTING: usize = 128;
+
+/// Whether `bytes` nests arrays and objects deeper than `max` (strings skipped). Linear, no
+/// recursion.
+fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in bytes {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The children of the container at `span`, and for each child the children of it when it is
@@ -368,6 +419,31 @@ pub(crate) fn split_lines(text: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deeply_nested_json_is_lines_and_duplicate_members_are_not_walked() {
+        let records: Vec<String> = (0..50)
+            .map(|i| format!(r#"{{"id":{i},"name":"n{i}"}}"#))
+            .collect();
+        let deep = format!(
+            "{}[{}]{}",
+            "[".repeat(10_000),
+            records.join(","),
+            "]".repeat(10_000)
+        );
+        assert_eq!(split_items(&deep).kind, ItemKind::Lines);
+        assert!(nesting_exceeds(b"[[[", 2));
+        assert!(!nesting_exceeds(br#"["[[[[", {"a": "]]]"}]"#, 2));
+        let strings: Vec<String> = (0..80).map(|i| format!(r#""secret-{i:03}""#)).collect();
+        let duplicate = format!(
+            r#"{{"data":[{}],"data":[{}]}}"#,
+            strings.join(","),
+            records[..30].join(",")
+        );
+        // The root's members are the items: neither `data` is taken for the collection.
+        let items = split_items(&duplicate);
+        assert_eq!(items.items.len(), 2);
+    }
 
     #[test]
     fn json_array_elements_are_raw_slices() {

@@ -1242,17 +1242,25 @@ impl<'a> Table<'a> {
                 .constants
                 .iter()
                 .map(|(key, raw)| {
-                    let mut value = String::new();
                     if lossless {
+                        // Exact: the members as a JSON object, keys quoted.
+                        let mut value = String::new();
                         minify_into(&mut value, raw);
+                        format!("{}:{value}", crate::json::quote(key))
                     } else {
-                        value = render_value(raw, 200, 60);
+                        format!("{key}={}", render_value(raw, 200, 60))
                     }
-                    format!("{key}={value}")
                 })
                 .collect();
-            text.push_str("; every record also has ");
-            text.push_str(&constants.join(", "));
+            if lossless {
+                text.push_str("; every record also has ");
+                text.push('{');
+                text.push_str(&constants.join(","));
+                text.push('}');
+            } else {
+                text.push_str("; every record also has ");
+                text.push_str(&constants.join(", "));
+            }
         }
         text.push('\n');
         if self.keyed {
@@ -1331,8 +1339,9 @@ fn is_plain(contents: &str) -> bool {
         && !first.is_ascii_whitespace()
         && !last.is_ascii_whitespace()
         && !matches!(first, b'{' | b'[')
-        && !matches!(contents, "true" | "false" | "null")
-        && serde_json::from_str::<f64>(contents).is_err()
+        // Anything JSON would read as a value (a number of any size, true, false, null) must
+        // keep its quotes.
+        && serde_json::from_str::<serde::de::IgnoredAny>(contents).is_err()
 }
 
 /// The records as a lossless table, when every record is an object whose keys are plain,
@@ -1679,12 +1688,9 @@ mod tests {
         let mut lines = text.lines();
         let intro = lines.next().expect("intro");
         let mut constants = Map::new();
-        if let Some((_, list)) = intro.split_once("; every record also has ") {
-            // Only simple constants in these tests: key=JSON, separated by ", ".
-            for pair in list.split(", ") {
-                let (key, value) = pair.split_once('=').expect("key=value");
-                constants.insert(key.to_owned(), serde_json::from_str(value).expect("JSON"));
-            }
+        if let Some((_, object)) = intro.split_once("; every record also has ") {
+            // The constant members, as one JSON object.
+            constants = serde_json::from_str(object).expect("a JSON object of constants");
         }
         let columns: Vec<&str> = lines.next().expect("header").split('\t').collect();
         lines
@@ -1743,6 +1749,16 @@ mod tests {
     }
 
     #[test]
+    fn cells_that_json_would_read_as_values_keep_their_quotes() {
+        for value in ["1e400", "1E400", "-0", "12", "true", "null", "1.0e5"] {
+            assert!(!is_plain(value), "{value}");
+        }
+        for text in ["item 1", "1e4x", "é ✓", "a=1, b"] {
+            assert!(is_plain(text), "{text}");
+        }
+    }
+
+    #[test]
     fn lossless_table_reads_back_exactly() {
         let original = tricky_original(40);
         let records: Vec<Value> = serde_json::from_str(&original).expect("JSON");
@@ -1752,7 +1768,7 @@ mod tests {
             text.starts_with("JSON array of 40 objects as a table"),
             "{text}"
         );
-        assert!(text.contains("every record also has kind=\"batch\""));
+        assert!(text.contains("every record also has {\"kind\":\"batch\"}"));
         assert_eq!(parse_table(&text), records);
         // Numbers stay as written, strings that could be read as something else stay quoted.
         assert!(text.contains("\t1.50\t") && text.contains("\t-0.0\t") && text.contains("\t1e3\t"));

@@ -102,17 +102,23 @@ pub(crate) fn is_grep_line(line: &str) -> bool {
     grep_parts(line).is_some() || line == "--"
 }
 
-/// (path, line number, text) of a grep hit or context line.
+/// (path, line number, text) of a grep hit (`path:12:text`) or context line (`path-12-text`).
+/// A hit's `:12:` is looked for first: a path may itself hold `-2024-` (a dated file name).
 pub(crate) fn grep_parts(line: &str) -> Option<(&str, &str, &str)> {
+    grep_parts_with(line, b':').or_else(|| grep_parts_with(line, b'-'))
+}
+
+/// `grep_parts` for one separator: the path ends at the first `separator` followed by digits
+/// and the same separator.
+fn grep_parts_with(line: &str, separator: u8) -> Option<(&str, &str, &str)> {
     let bytes = line.as_bytes();
-    // The path ends at the first ':' (or '-') followed by digits and the same separator.
     let mut i = 0;
     while i < bytes.len() && i < 300 {
-        let separator = bytes[i];
-        if separator == b' ' || separator == b'\t' {
+        let byte = bytes[i];
+        if byte == b' ' || byte == b'\t' {
             return None;
         }
-        if (separator == b':' || separator == b'-') && i > 0 {
+        if byte == separator && i > 0 {
             let digits = bytes[i + 1..]
                 .iter()
                 .take_while(|b| b.is_ascii_digit())
@@ -693,6 +699,19 @@ fn is_summary(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grep_hits_in_dated_file_names_are_hits() {
+        assert_eq!(
+            grep_parts("posts/2024-01-05-hello.md:12:text"),
+            Some(("posts/2024-01-05-hello.md", "12", "text"))
+        );
+        assert_eq!(
+            grep_parts("src/lib.rs-7-context"),
+            Some(("src/lib.rs", "7", "context"))
+        );
+        assert_eq!(grep_parts("2024-03-01 10:00:01 INFO x"), None);
+    }
 
     fn ctx(query: &str) -> CompressContext<'_> {
         CompressContext {
