@@ -15,12 +15,11 @@ use serde_json::value::RawValue;
 use super::{
     Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, MAX_ARGUMENTS_BYTES, MAX_QUESTION_BYTES,
     Malformed, QUERY_DESCRIPTION, TOOL_DESCRIPTION, ToolOutput, Turn, append_to_root_array, array,
-    object,
+    object, set_root_member, sum_root_usage,
 };
 use crate::compress::prefix;
 use crate::json::{
-    Field, OrderedObject, Splice, array_append_point, is_null, object_append_point, quote, span_of,
-    string_value, sum_usage,
+    Field, OrderedObject, Splice, array_append_point, is_null, quote, span_of, string_value,
 };
 
 /// The Anthropic Messages adapter.
@@ -406,19 +405,13 @@ impl Adapter for AnthropicMessages {
         let mut splice = Splice::default();
         splice.insert(at, format!("{comma}{assistant},{user}"));
         if force_final {
-            let none = r#"{"type":"none"}"#;
-            match root.get("tool_choice") {
-                Some(choice) => {
-                    let span = span_of(request, choice).ok_or(Malformed("tool_choice"))?;
-                    splice.replace(span, none.into());
-                }
-                None => {
-                    let (at, has_members) =
-                        object_append_point(request).ok_or(Malformed("root"))?;
-                    let comma = if has_members { "," } else { "" };
-                    splice.insert(at, format!("{comma}\"tool_choice\":{none}"));
-                }
-            }
+            set_root_member(
+                request,
+                &root,
+                "tool_choice",
+                r#"{"type":"none"}"#,
+                &mut splice,
+            )?;
         }
         splice.apply(request).ok_or(Malformed("overlapping edits"))
     }
@@ -453,12 +446,7 @@ impl Adapter for AnthropicMessages {
                 }
             }
         }
-        if !earlier_usage.is_empty()
-            && let Some(usage) = root.get("usage").filter(|u| !is_null(u))
-        {
-            let span = span_of(response, usage).ok_or(Malformed("usage"))?;
-            splice.replace(span, sum_usage(usage, earlier_usage));
-        }
+        sum_root_usage(response, &root, "usage", earlier_usage, &mut splice)?;
         if splice.is_empty() {
             return Ok(None);
         }

@@ -95,6 +95,47 @@ pub(crate) fn append_to_root_array(
     Ok(())
 }
 
+/// Sets the root member `key` of `body` to `value` (JSON text): replaced where present, added
+/// after the other members otherwise.
+pub(crate) fn set_root_member(
+    body: &str,
+    root: &OrderedObject<'_>,
+    key: &str,
+    value: &str,
+    splice: &mut Splice,
+) -> Result<(), Malformed> {
+    match root.get(key) {
+        Some(current) => {
+            let span = span_of(body, current).ok_or(Malformed("member span"))?;
+            splice.replace(span, value.to_owned());
+        }
+        None => {
+            let (at, has_members) = object_append_point(body).ok_or(Malformed("root"))?;
+            let comma = if has_members { "," } else { "" };
+            splice.insert(at, format!("{comma}{}:{value}", crate::json::quote(key)));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the usage object in the root member `key` of a response by its sum with the usage
+/// of `earlier` rounds (nothing to do without earlier rounds or a usage object).
+pub(crate) fn sum_root_usage(
+    response: &str,
+    root: &OrderedObject<'_>,
+    key: &str,
+    earlier: &[serde_json::Value],
+    splice: &mut Splice,
+) -> Result<(), Malformed> {
+    if let Some(usage) = root.get(key).filter(|usage| !is_null(usage))
+        && !earlier.is_empty()
+    {
+        let span = span_of(response, usage).ok_or(Malformed("usage span"))?;
+        splice.replace(span, crate::json::sum_usage(usage, earlier));
+    }
+    Ok(())
+}
+
 /// A request body the adapter could not read as its API shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Malformed(pub(crate) &'static str);
