@@ -18,9 +18,7 @@ use super::{
     object, set_root_member, sum_root_usage,
 };
 use crate::compress::prefix;
-use crate::json::{
-    Field, OrderedObject, Splice, array_append_point, is_null, quote, span_of, string_value,
-};
+use crate::json::{Field, OrderedObject, Splice, is_null, quote, span_of, string_value};
 
 /// The Anthropic Messages adapter.
 pub(crate) struct AnthropicMessages;
@@ -368,9 +366,9 @@ impl Adapter for AnthropicMessages {
         force_final: bool,
     ) -> Result<String, Malformed> {
         let root = object(request)?;
-        let messages = root.get("messages").ok_or(Malformed("no messages"))?;
-        let span = span_of(request, messages).ok_or(Malformed("messages"))?;
-        let (at, has_items) = array_append_point(request, &span).ok_or(Malformed("messages"))?;
+        if root.get("messages").is_none() {
+            return Err(Malformed("no messages"));
+        }
 
         let response_root = object(response)?;
         let content = response_root
@@ -400,10 +398,13 @@ impl Adapter for AnthropicMessages {
             OrderedObject::render([("role", "\"assistant\""), ("content", content.get())]);
         let results = format!("[{}]", results.join(","));
         let user = OrderedObject::render([("role", "\"user\""), ("content", results.as_str())]);
-        let comma = if has_items { "," } else { "" };
-
         let mut splice = Splice::default();
-        splice.insert(at, format!("{comma}{assistant},{user}"));
+        append_to_root_array(
+            request,
+            "messages",
+            format!("{assistant},{user}"),
+            &mut splice,
+        )?;
         if force_final {
             set_root_member(
                 request,

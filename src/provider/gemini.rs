@@ -56,7 +56,8 @@ use serde_json::value::RawValue;
 
 use super::{
     Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, MAX_ARGUMENTS_BYTES, MAX_QUESTION_BYTES,
-    Malformed, QUERY_DESCRIPTION, TOOL_DESCRIPTION, ToolOutput, Turn, array, object, truncated,
+    Malformed, QUERY_DESCRIPTION, TOOL_DESCRIPTION, ToolOutput, Turn, append_to_root_array, array,
+    object, truncated,
 };
 use crate::json::{
     Field, OrderedObject, Splice, array_append_point, has_long_string, is_null,
@@ -974,9 +975,9 @@ impl Adapter for Gemini {
         force_final: bool,
     ) -> Result<String, Malformed> {
         let root = object(request)?;
-        let contents = root.get("contents").ok_or(Malformed("no contents"))?;
-        let span = span_of(request, contents).ok_or(Malformed("contents"))?;
-        let (at, has_items) = array_append_point(request, &span).ok_or(Malformed("contents"))?;
+        if root.get("contents").is_none() {
+            return Err(Malformed("no contents"));
+        }
 
         let response_root = object(response)?;
         let candidates = array(
@@ -1030,9 +1031,13 @@ impl Adapter for Gemini {
             ));
         }
         let user_turn = format!("{{\"role\":\"user\",\"parts\":[{}]}}", responses.join(","));
-        let comma = if has_items { "," } else { "" };
         let mut splice = Splice::default();
-        splice.insert(at, format!("{comma}{model_turn},{user_turn}"));
+        append_to_root_array(
+            request,
+            "contents",
+            format!("{model_turn},{user_turn}"),
+            &mut splice,
+        )?;
         if force_final {
             forbid_calls(request, &root, &mut splice)?;
         }

@@ -11,9 +11,7 @@ use super::{
     Malformed, QUERY_DESCRIPTION, TOOL_DESCRIPTION, ToolOutput, Turn, append_to_root_array, array,
     object, set_root_member, sum_root_usage, truncated,
 };
-use crate::json::{
-    Field, OrderedObject, Splice, array_append_point, is_null, quote, span_of, string_value,
-};
+use crate::json::{Field, OrderedObject, Splice, is_null, quote, span_of, string_value};
 
 /// The Chat Completions adapter.
 pub(crate) struct OpenAiChat;
@@ -415,9 +413,9 @@ impl Adapter for OpenAiChat {
         force_final: bool,
     ) -> Result<String, Malformed> {
         let root = object(request)?;
-        let messages = root.get("messages").ok_or(Malformed("no messages"))?;
-        let span = span_of(request, messages).ok_or(Malformed("messages"))?;
-        let (at, has_items) = array_append_point(request, &span).ok_or(Malformed("messages"))?;
+        if root.get("messages").is_none() {
+            return Err(Malformed("no messages"));
+        }
 
         let response_root = object(response)?;
         let choices = array(
@@ -468,14 +466,7 @@ impl Adapter for OpenAiChat {
         }
 
         let mut splice = Splice::default();
-        splice.insert(
-            at,
-            if has_items {
-                format!(",{appended}")
-            } else {
-                appended
-            },
-        );
+        append_to_root_array(request, "messages", appended, &mut splice)?;
         if force_final {
             set_root_member(request, &root, "tool_choice", "\"none\"", &mut splice)?;
         }
