@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use sync_wrapper::SyncWrapper;
 
 use crate::BoxError;
 
@@ -32,6 +33,9 @@ pin_project! {
         Full { data: Option<Bytes> },
         // Chunks already read, then the rest of the upstream body.
         Replay { chunks: VecDeque<Bytes>, rest: Pin<Box<B>> },
+        // A streamed exchange: the upstream's events, the retrieval tool's taken out, over as
+        // many rounds as the model retrieves. Only ever polled through `&mut`, so it is `Sync`.
+        Stream { body: SyncWrapper<Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>> },
     }
 }
 
@@ -50,6 +54,14 @@ impl<B> CcrBody<B> {
         }
     }
 
+    pub(crate) fn stream(body: impl Body<Data = Bytes, Error = BoxError> + Send + 'static) -> Self {
+        Self {
+            kind: Kind::Stream {
+                body: SyncWrapper::new(Box::pin(body)),
+            },
+        }
+    }
+
     pub(crate) fn replay(chunks: VecDeque<Bytes>, rest: Pin<Box<B>>) -> Self {
         Self {
             kind: Kind::Replay { chunks, rest },
@@ -63,6 +75,7 @@ impl<B> std::fmt::Debug for CcrBody<B> {
             Kind::Passthrough { .. } => "Passthrough",
             Kind::Full { .. } => "Full",
             Kind::Replay { .. } => "Replay",
+            Kind::Stream { .. } => "Stream",
         };
         f.debug_struct("CcrBody").field("kind", &kind).finish()
     }
@@ -87,6 +100,7 @@ where
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
                 None => rest.as_mut().poll_frame(cx).map_err(Into::into),
             },
+            KindProj::Stream { body } => body.get_mut().as_mut().poll_frame(cx),
         }
     }
 
@@ -95,6 +109,8 @@ where
             Kind::Passthrough { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
             Kind::Replay { chunks, rest } => chunks.is_empty() && rest.is_end_stream(),
+            // Only `&mut` reaches the stream; it says when it ends by ending.
+            Kind::Stream { .. } => false,
         }
     }
 
@@ -114,6 +130,7 @@ where
                 }
                 hint
             }
+            Kind::Stream { .. } => SizeHint::new(),
         }
     }
 }

@@ -20,11 +20,13 @@ pub(crate) struct Counters {
     pub(crate) tokens_after: AtomicU64,
     pub(crate) retrievals_full: AtomicU64,
     pub(crate) retrievals_search: AtomicU64,
+    pub(crate) retrievals_range: AtomicU64,
     pub(crate) retrievals_unknown: AtomicU64,
     pub(crate) retrievals_expired: AtomicU64,
     pub(crate) retrievals_invalid: AtomicU64,
     pub(crate) retrievals_unavailable: AtomicU64,
     pub(crate) continuation_rounds: AtomicU64,
+    pub(crate) round_budget_exhausted: AtomicU64,
 }
 
 impl Counters {
@@ -55,6 +57,9 @@ pub struct Stats {
     pub retrievals: RetrievalStats,
     /// Continuation requests sent upstream.
     pub continuation_rounds: u64,
+    /// Exchanges that ended because the round budget was spent while the model still asked
+    /// for originals.
+    pub round_budget_exhausted: u64,
 }
 
 /// Retrieval calls by outcome.
@@ -65,6 +70,8 @@ pub struct RetrievalStats {
     pub full: u64,
     /// Answered with the best matches of a query.
     pub search: u64,
+    /// Answered with the lines, items or bytes a range query (`lines 120-180`) asked for.
+    pub range: u64,
     /// The id was never issued to this tenant.
     pub unknown: u64,
     /// The id was issued but its original is gone.
@@ -155,12 +162,14 @@ impl CcrHandle {
             retrievals: RetrievalStats {
                 full: get(&c.retrievals_full),
                 search: get(&c.retrievals_search),
+                range: get(&c.retrievals_range),
                 unknown: get(&c.retrievals_unknown),
                 expired: get(&c.retrievals_expired),
                 invalid: get(&c.retrievals_invalid),
                 unavailable: get(&c.retrievals_unavailable),
             },
             continuation_rounds: get(&c.continuation_rounds),
+            round_budget_exhausted: get(&c.round_budget_exhausted),
         }
     }
 }

@@ -75,6 +75,15 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Reads back a tenant id that [`as_str`](Self::as_str) wrote, as a [`Store`] that keeps
+    /// entries outside the process must. Anything but 32 lowercase hex characters is `None`.
+    ///
+    /// [`Store`]: crate::Store
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(text.to_owned()))
+    }
 }
 
 impl fmt::Display for TenantId {
@@ -132,6 +141,15 @@ mod tests {
             IdKey::random().entry(&alice, "x"),
             IdKey::random().entry(&alice, "x")
         );
+    }
+
+    #[test]
+    fn a_tenant_id_reads_back_from_its_text() {
+        let tenant = IdKey::from_secret(b"s").tenant(b"Bearer alice");
+        assert_eq!(TenantId::parse(tenant.as_str()), Some(tenant.clone()));
+        assert!(TenantId::parse(&tenant.as_str().to_ascii_uppercase()).is_none());
+        assert!(TenantId::parse(&tenant.as_str()[1..]).is_none());
+        assert!(TenantId::parse("").is_none());
     }
 
     #[test]

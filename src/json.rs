@@ -273,6 +273,44 @@ fn sum_usage_at(last: &RawValue, earlier: &[serde_json::Value], depth: usize) ->
             (key.to_string(), summed)
         })
         .collect();
+    let mut members = members;
+    // Counters only earlier rounds reported (reasoning tokens of a retrieval round, say) are
+    // kept too, after the last round's members.
+    for usage in earlier.iter().filter_map(serde_json::Value::as_object) {
+        for (key, value) in usage {
+            if members.iter().any(|(known, _)| known == key) {
+                continue;
+            }
+            let nested: Vec<serde_json::Value> = earlier
+                .iter()
+                .filter_map(|usage| usage.get(key).cloned())
+                .collect();
+            let summed = if value.is_object() {
+                let Some((first, rest)) = nested.split_first() else {
+                    continue;
+                };
+                let Ok(first) = serde_json::value::to_raw_value(first) else {
+                    continue;
+                };
+                sum_usage_at(&first, rest, depth + 1)
+            } else if nested.iter().all(serde_json::Value::is_u64) {
+                let total = nested
+                    .iter()
+                    .filter_map(serde_json::Value::as_u64)
+                    .fold(0, u64::saturating_add);
+                total.to_string()
+            } else if nested.iter().all(serde_json::Value::is_number) {
+                let total: f64 = nested.iter().filter_map(serde_json::Value::as_f64).sum();
+                match serde_json::Number::from_f64(total) {
+                    Some(total) => total.to_string(),
+                    None => continue,
+                }
+            } else {
+                continue;
+            };
+            members.push((key.clone(), summed));
+        }
+    }
     OrderedObject::render(members.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
@@ -397,6 +435,19 @@ mod tests {
         let deep: &RawValue = serde_json::from_str(&deep).unwrap();
         let out = sum_usage(deep, &[serde_json::json!({"a": {"a": 1}})]);
         assert!(out.starts_with(r#"{"a":{"a":{"a":{"a":{"a":"#));
+    }
+
+    #[test]
+    fn counters_only_earlier_rounds_had_are_kept() {
+        let last: &RawValue = serde_json::from_str(r#"{"total_tokens":3}"#).unwrap();
+        let earlier = vec![
+            serde_json::json!({"total_tokens":2,"reasoning_tokens":7,"details":{"cached":1}}),
+            serde_json::json!({"total_tokens":1,"reasoning_tokens":1,"details":{"cached":2},"label":"x"}),
+        ];
+        assert_eq!(
+            sum_usage(last, &earlier),
+            r#"{"total_tokens":6,"details":{"cached":3},"reasoning_tokens":8}"#
+        );
     }
 
     #[test]

@@ -20,6 +20,16 @@ pub const DEFAULT_MAX_ROUNDS: usize = 3;
 pub const DEFAULT_TOOL_NAME: &str = "ccr_retrieve";
 /// Default for [`CcrLayer::max_body_bytes`]: 32 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Default for [`CcrLayer::max_original_bytes`]: 8 MiB.
+pub const DEFAULT_MAX_ORIGINAL_BYTES: usize = 8 * 1024 * 1024;
+/// Default for [`CcrLayer::max_outputs_per_request`].
+pub const DEFAULT_MAX_OUTPUTS_PER_REQUEST: usize = 256;
+/// Default for [`CcrLayer::max_answer_bytes`]: 64 KiB.
+pub const DEFAULT_MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Smallest [`CcrLayer::max_answer_bytes`]: room for a page and the note that says how to read on.
+pub const MIN_ANSWER_BYTES: usize = 2 * 1024;
+/// Default for [`CcrLayer::round_budget`]: 60 seconds.
+pub const DEFAULT_ROUND_BUDGET: Duration = Duration::from_secs(60);
 
 type TenantFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 
@@ -55,6 +65,10 @@ pub(crate) struct Shared {
     pub(crate) retention: Retention,
     pub(crate) tool_name: Arc<str>,
     pub(crate) max_body_bytes: usize,
+    pub(crate) max_original_bytes: usize,
+    pub(crate) max_outputs_per_request: usize,
+    pub(crate) max_answer_bytes: usize,
+    pub(crate) round_budget: Duration,
     /// Tools whose outputs are never compressed.
     pub(crate) exclude_tools: Arc<[String]>,
     pub(crate) key: IdKey,
@@ -125,6 +139,10 @@ impl fmt::Debug for CcrLayer {
             .field("retention", &shared.retention)
             .field("tool_name", &shared.tool_name)
             .field("max_body_bytes", &shared.max_body_bytes)
+            .field("max_original_bytes", &shared.max_original_bytes)
+            .field("max_outputs_per_request", &shared.max_outputs_per_request)
+            .field("max_answer_bytes", &shared.max_answer_bytes)
+            .field("round_budget", &shared.round_budget)
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +161,10 @@ impl CcrLayer {
                 retention: Retention::default(),
                 tool_name: Arc::from(DEFAULT_TOOL_NAME),
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                max_original_bytes: DEFAULT_MAX_ORIGINAL_BYTES,
+                max_outputs_per_request: DEFAULT_MAX_OUTPUTS_PER_REQUEST,
+                max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
+                round_budget: DEFAULT_ROUND_BUDGET,
                 exclude_tools: Arc::from([]),
                 key: IdKey::random(),
                 tenant: TenantSource::Credentials,
@@ -201,6 +223,41 @@ impl CcrLayer {
     /// Larger requests pass through untouched.
     pub fn max_body_bytes(self, max_body_bytes: usize) -> Self {
         self.with(|s| s.max_body_bytes = max_body_bytes)
+    }
+
+    /// Largest tool output the layer compresses and stores (default 8 MiB). A larger output is
+    /// left as it is: never half-stored, and the compressors' work per output stays bounded.
+    pub fn max_original_bytes(self, max_original_bytes: usize) -> Self {
+        self.with(|s| s.max_original_bytes = max_original_bytes)
+    }
+
+    /// Most tool outputs compressed in one request (default 256). They are the first ones, in
+    /// request order, that are large enough to compress; later ones are left as they are. The
+    /// earliest rather than the largest: a new turn never changes which earlier outputs are
+    /// compressed, so the history keeps its bytes (and the provider's prompt cache) turn after
+    /// turn. Bounds the store writes and compression work a single request can cause.
+    pub fn max_outputs_per_request(self, max_outputs_per_request: usize) -> Self {
+        self.with(|s| s.max_outputs_per_request = max_outputs_per_request)
+    }
+
+    /// Largest answer to one retrieval call, in bytes (default 64 KiB; values under 2 KiB count
+    /// as 2 KiB). A larger original comes in pages: the answer carries the first
+    /// lines (or JSON items), says how many there are, and tells the model the `query` that
+    /// reads on (`"lines 813-5000"`) or to search with words instead. Query answers are cut to
+    /// the same size.
+    pub fn max_answer_bytes(self, max_answer_bytes: usize) -> Self {
+        self.with(|s| s.max_answer_bytes = max_answer_bytes.max(MIN_ANSWER_BYTES))
+    }
+
+    /// Time the continuation rounds of one request may take, from the upstream's first answer
+    /// (default 60 s). It is checked before every continuation: once spent, no further
+    /// continuation is sent and the latest response goes to the client, without the retrieval
+    /// tool's calls. A continuation already sent is not cut short (bound each upstream call with
+    /// your client's timeout), so the rounds take at most this budget plus one request.
+    /// `Duration::ZERO` sends no continuation, and so disables lossy compression, like
+    /// `max_rounds(0)`.
+    pub fn round_budget(self, round_budget: Duration) -> Self {
+        self.with(|s| s.round_budget = round_budget)
     }
 
     /// Never compress the outputs of these tools (say, file reads the agent will edit, where

@@ -13,7 +13,12 @@
 //!
 //! Supported: OpenAI Chat Completions (and every server that speaks it), OpenAI Responses,
 //! Anthropic Messages and Gemini generateContent, each detected by path (any host) and checked
-//! by body shape; non-streaming for now. Every other request passes through untouched.
+//! by body shape, with or without `stream: true`. Every other request passes through untouched.
+//!
+//! Streams keep streaming: events reach the client as they arrive, the retrieval tool's events
+//! are dropped, and retrieval rounds are answered and spliced into the same client stream as one
+//! response (one start, one end, usage summed). A continuation that fails after the stream began
+//! ends it with an error event in the API's format.
 //!
 //! ## Guarantees
 //! - **No lost data.** A marker goes out only when its original is stored and the layer itself
@@ -81,6 +86,9 @@ mod compress;
 #[cfg(feature = "tiktoken")]
 mod exact_tokens;
 mod future;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod id;
 mod items;
@@ -88,10 +96,14 @@ mod json;
 mod layer;
 mod marker;
 mod provider;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 mod retrieve;
 pub mod search;
 mod service;
+mod sse;
 pub mod store;
+mod stream;
 mod tokens;
 mod upstream;
 
@@ -102,9 +114,13 @@ pub use future::ResponseFuture;
 pub use handle::{CcrHandle, RetrievalStats, Stats};
 pub use id::{EntryId, TenantId};
 pub use layer::{
-    CcrLayer, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROUNDS, DEFAULT_MIN_TOKENS, DEFAULT_TOOL_NAME,
+    CcrLayer, DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ORIGINAL_BYTES,
+    DEFAULT_MAX_OUTPUTS_PER_REQUEST, DEFAULT_MAX_ROUNDS, DEFAULT_MIN_TOKENS, DEFAULT_ROUND_BUDGET,
+    DEFAULT_TOOL_NAME, MIN_ANSWER_BYTES,
 };
 pub use service::{CcrService, OPT_OUT_HEADER};
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
 pub use store::{MemoryStore, Store};
 pub use tokens::estimate_tokens;
 

@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{
@@ -23,13 +24,15 @@ use crate::handle::Counters;
 use crate::id::{EntryId, TenantId};
 use crate::json::{Splice, quote};
 use crate::layer::Shared;
-use crate::marker::{MARKER_TAG, view_with_marker};
-use crate::provider::{self, Adapter, Answer, Inspection, Turn};
+use crate::marker::{trailing_marker, view_with_marker};
+use crate::provider::{self, Adapter, Answer, Call, Inspection, Turn};
 use crate::retrieve;
 use crate::store::{Entry, Lookup};
+use crate::stream::{ExchangeContext, StreamedExchange, is_event_stream};
 use crate::tokens::estimate_tokens;
 use crate::upstream::{
-    remember_unsettled_calls, remember_upstream_turn, settle_unsettled_calls, upstream_turn_id,
+    remember_unsettled_calls, remember_upstream_turn, resolve_alias, settle_unsettled_calls,
+    upstream_turn_id,
 };
 
 /// The service [`CcrLayer`](crate::CcrLayer) wraps around an HTTP client.
@@ -131,11 +134,12 @@ async fn run<S, B, ResBody>(
     request: Request<B>,
 ) -> Result<Response<CcrBody<ResBody>>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Send,
+    S: Service<Request<B>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
     S::Error: Into<BoxError>,
-    B: Body + From<Bytes>,
+    B: Body + From<Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let Some(adapter) = eligible(&shared, &request) else {
@@ -242,30 +246,55 @@ async fn prepare(
     let Ok(body) = std::str::from_utf8(bytes) else {
         return Ok(None);
     };
-    let upstream = adapter.upstream_history(body);
+    let mut upstream = adapter.upstream_history(body);
     if upstream.is_none() && !adapter.may_hold_outputs(bytes, min_bytes) {
         return Ok(None);
     }
+    let tenant = shared.tenant_of(parts);
+    let mut splice = Splice::default();
+    // A streamed response the client saw under its first round's id continues from its last
+    // round, whatever else the request holds.
+    if let Some(turn) = &upstream
+        && let Some(real) = resolve_alias(shared, &tenant, turn).await
+        && adapter.redirect_history(body, &real, &mut splice).is_ok()
+    {
+        tracing::debug!(api = adapter.name(), shown = %turn, real = %real, "continues the last round of a streamed response");
+        upstream = Some(real);
+    }
+    let redirected_only = |splice: Splice, tenant: TenantId, upstream: Option<String>| {
+        if splice.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Prepared {
+            body: splice.apply(body).ok_or("overlapping edits")?,
+            issued: HashMap::new(),
+            tenant,
+            tool_injected: false,
+            upstream,
+        }))
+    };
     let inspection = match adapter.inspect(body, &shared.tool_name, min_bytes) {
         Ok(inspection) => inspection,
         Err(malformed) => {
             tracing::debug!(api = adapter.name(), %malformed, "not a request of this API; passed through");
-            return Ok(None);
+            return redirected_only(splice, tenant, upstream);
         }
     };
     let (outputs, redeemable) = match inspection {
         Inspection::Skip(reason) => {
             tracing::debug!(api = adapter.name(), reason, "request passed through");
-            return Ok(None);
+            return redirected_only(splice, tenant, upstream);
         }
         // Without a way for the model to call the tool, a marker could not be redeemed: only
         // lossless views may go out then.
         Inspection::Outputs {
             outputs,
             redeemable,
-        } => (outputs, redeemable && shared.max_rounds > 0),
+        } => (
+            outputs,
+            redeemable && shared.max_rounds > 0 && !shared.round_budget.is_zero(),
+        ),
     };
-    let tenant = shared.tenant_of(parts);
     // A request that continues an upstream turn the tool was added to keeps the tool: the
     // markers of that turn live upstream, and so must the way to redeem them.
     let sticky = match &upstream {
@@ -275,24 +304,54 @@ async fn prepare(
         ),
         _ => false,
     };
-    let mut splice = Splice::default();
     if let Some(turn) = &upstream {
         settle_unsettled_calls(shared, adapter, &tenant, turn, body, &mut splice).await;
     }
     let mut issued: HashMap<EntryId, Arc<str>> = HashMap::new();
     let (mut tokens_before, mut tokens_after, mut compressed, mut markers) =
         (0u64, 0u64, 0u64, 0u64);
+    // Outputs that reached the compressors, in request order: the first
+    // `max_outputs_per_request` of them are compressed, later ones are left as they are. The
+    // earliest rather than the largest, so that a new output never changes which earlier ones
+    // are compressed: the same history keeps giving the same bytes, turn after turn.
+    let mut candidates = 0usize;
     for output in outputs {
-        if output.text.contains(MARKER_TAG) {
-            continue;
+        // An output that already ends with one of this tenant's markers was compressed by this
+        // layer (a request rewritten before, or a stacked layer sharing the store). Its marker
+        // must stay redeemable. A marker-like ending with any other id (forged, stale, another
+        // tenant's) proves nothing: that output is compressed like any other.
+        if let Some(id) = trailing_marker(&output.text) {
+            if let Some(original) = issued_original(shared, &tenant, &issued, &id).await {
+                if redeemable {
+                    issued.insert(id, original);
+                    markers += 1;
+                }
+                continue;
+            }
+            tracing::debug!(id = %id, "marker-like ending with an id not issued to this tenant");
         }
         if let Some(tool) = &output.tool_name
             && shared.exclude_tools.iter().any(|excluded| excluded == tool)
         {
             continue;
         }
+        if output.text.len() > shared.max_original_bytes {
+            tracing::debug!(
+                bytes = output.text.len(),
+                "tool output over max_original_bytes; left as is"
+            );
+            continue;
+        }
         let tokens = estimate_tokens(&output.text);
         if tokens < shared.min_tokens {
+            continue;
+        }
+        candidates += 1;
+        if candidates > shared.max_outputs_per_request {
+            tracing::debug!(
+                bytes = output.text.len(),
+                "max_outputs_per_request reached; tool output left as is"
+            );
             continue;
         }
         let context = CompressContext {
@@ -302,9 +361,13 @@ async fn prepare(
         let Some(view) = compress_estimated(&output.text, tokens, &context) else {
             continue;
         };
-        if view.lossless {
+        // A lossless view still over `min_tokens` would be compressed again by the next pass
+        // over the request (a second layer, a replayed request): it goes out with a marker,
+        // which no pass compresses again, whenever the marker can be redeemed.
+        let view_tokens = estimate_tokens(&view.text);
+        if view.lossless && (view_tokens < shared.min_tokens || !redeemable) {
             tokens_before += tokens as u64;
-            tokens_after += estimate_tokens(&view.text) as u64;
+            tokens_after += view_tokens as u64;
             compressed += 1;
             splice.replace(output.span, quote(&view.text));
             continue;
@@ -341,10 +404,11 @@ async fn prepare(
         tracing::debug!(id = %id, tokens, view_tokens = estimate_tokens(&replacement), "tool output compressed");
         splice.replace(output.span, quote(&replacement));
     }
-    if splice.is_empty() && !sticky {
+    // A marker going out (new, or already in the request) needs the tool that redeems it.
+    let tool_injected = markers > 0 || sticky;
+    if splice.is_empty() && !tool_injected {
         return Ok(None);
     }
-    let tool_injected = markers > 0 || sticky;
     if tool_injected {
         adapter.inject_tool(body, &shared.tool_name, &mut splice)?;
     }
@@ -363,20 +427,55 @@ async fn prepare(
     }))
 }
 
+/// The original behind a marker id found in a request, when the layer issued that id to this
+/// tenant: in this request, or earlier (then it is in the store under this tenant).
+async fn issued_original(
+    shared: &Shared,
+    tenant: &TenantId,
+    issued: &HashMap<EntryId, Arc<str>>,
+    id: &EntryId,
+) -> Option<Arc<str>> {
+    if let Some(original) = issued.get(id) {
+        return Some(original.clone());
+    }
+    match shared.store.get(id.clone(), shared.retention).await {
+        Ok(Lookup::Found(entry)) if entry.tenant == *tenant => Some(entry.original),
+        _ => None,
+    }
+}
+
+/// Whether the continuation rounds that started at `started` may send one more: the layer's
+/// `round_budget` is not spent. When it is, the exchange ends with the latest response, without
+/// the retrieval tool's calls. Non-streamed and streamed exchanges both ask before every
+/// continuation.
+pub(crate) fn round_budget_left(shared: &Shared, started: Instant) -> bool {
+    let elapsed = started.elapsed();
+    if elapsed < shared.round_budget {
+        return true;
+    }
+    Counters::add(&shared.counters.round_budget_exhausted, 1);
+    tracing::debug!(
+        elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        "round_budget spent; the latest response goes back"
+    );
+    false
+}
+
 /// Sends the rewritten request, answers retrieval turns, and returns the response for the
 /// client.
 async fn exchange<S, B, ResBody>(
     mut inner: S,
-    shared: &Shared,
-    adapter: &dyn Adapter,
+    shared: &Arc<Shared>,
+    adapter: &'static dyn Adapter,
     parts: &http::request::Parts,
     prepared: Prepared,
 ) -> Result<Response<CcrBody<ResBody>>, BoxError>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<Request<B>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
     S::Error: Into<BoxError>,
-    B: From<Bytes>,
-    ResBody: Body<Data = Bytes>,
+    B: From<Bytes> + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     let Prepared {
@@ -392,6 +491,36 @@ where
         .call(upstream_request(parts, &request_body, false))
         .await
         .map_err(Into::into)?;
+    // The round budget bounds the time the layer adds to the exchange, from the first answer on.
+    let rounds_started = Instant::now();
+    // A streamed answer to the first request: the client gets its events as they come.
+    let encoded = response
+        .headers()
+        .get(CONTENT_ENCODING)
+        .is_some_and(|value| !value.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if tool_injected
+        && response.status().is_success()
+        && is_event_stream(response.headers())
+        && !encoded
+    {
+        let filter = adapter.stream_filter(&shared.tool_name, shared.max_body_bytes);
+        let (mut response_parts, body) = response.into_parts();
+        response_parts.headers.remove(CONTENT_LENGTH);
+        let context = ExchangeContext {
+            shared: shared.clone(),
+            adapter,
+            parts: parts.clone(),
+            issued,
+            tenant,
+            upstream,
+            rounds_started,
+        };
+        let streamed = StreamedExchange::new(context, filter, inner, request_body, body);
+        return Ok(Response::from_parts(
+            response_parts,
+            CcrBody::stream(streamed),
+        ));
+    }
     loop {
         if !tool_injected || !inspectable(response.headers(), response.status()) {
             return Ok(response.map(CcrBody::passthrough));
@@ -415,17 +544,10 @@ where
         };
         if let Ok(Turn::Retrieve(calls)) = adapter.read_turn(text, &shared.tool_name)
             && round < shared.max_rounds
+            && round_budget_left(shared, rounds_started)
         {
-            let mut answers = Vec::with_capacity(calls.len());
             let conversation = upstream.is_none().then_some(request_body.as_str());
-            for call in calls {
-                let text =
-                    retrieve::answer(shared, &tenant, &issued, conversation, &call.arguments).await;
-                answers.push(Answer {
-                    call_id: call.id,
-                    text,
-                });
-            }
+            let answers = answer_calls(shared, &tenant, &issued, conversation, calls).await;
             round += 1;
             match adapter.continuation(&request_body, text, &answers, round == shared.max_rounds) {
                 Ok(next) => {
@@ -450,26 +572,16 @@ where
                 }
             }
         }
-        let response_id = adapter.response_id(text);
-        if let Some(response_id) = &response_id {
-            let unsettled = adapter.unsettled_calls(&request_body, text, &shared.tool_name);
-            if !unsettled.is_empty() {
-                let conversation = upstream.is_none().then_some(request_body.as_str());
-                let mut answers = Vec::with_capacity(unsettled.len());
-                for call in unsettled {
-                    let text =
-                        retrieve::answer(shared, &tenant, &issued, conversation, &call.arguments)
-                            .await;
-                    answers.push(Answer {
-                        call_id: call.id,
-                        text,
-                    });
-                }
-                remember_unsettled_calls(shared, &tenant, response_id, &answers).await;
-            }
-        }
-        let turns = response_id.into_iter().chain(upstream.clone());
-        remember_upstream_turn(shared, &tenant, turns).await;
+        remember_final_turn(
+            shared,
+            adapter,
+            &tenant,
+            &issued,
+            &request_body,
+            &upstream,
+            text,
+        )
+        .await;
         let body = match adapter.finalize(text, &shared.tool_name, &earlier_usage) {
             Ok(Some(rewritten)) => Bytes::from(rewritten),
             Ok(None) => data,
@@ -482,6 +594,50 @@ where
         set_length(response.headers_mut(), body.len());
         return Ok(response.map(|()| CcrBody::full(body)));
     }
+}
+
+/// The layer's answers to retrieval calls, in order.
+pub(crate) async fn answer_calls(
+    shared: &Shared,
+    tenant: &TenantId,
+    issued: &HashMap<EntryId, Arc<str>>,
+    conversation: Option<&str>,
+    calls: Vec<Call>,
+) -> Vec<Answer> {
+    let mut answers = Vec::with_capacity(calls.len());
+    for call in calls {
+        let text = retrieve::answer(shared, tenant, issued, conversation, &call.arguments).await;
+        answers.push(Answer {
+            call_id: call.id,
+            text,
+        });
+    }
+    answers
+}
+
+/// Bookkeeping for the response that goes to the client, when its history lives upstream: the
+/// answers to retrieval calls the upstream keeps but the client never saw, and the turns the
+/// tool was added to.
+pub(crate) async fn remember_final_turn(
+    shared: &Shared,
+    adapter: &dyn Adapter,
+    tenant: &TenantId,
+    issued: &HashMap<EntryId, Arc<str>>,
+    request_body: &str,
+    upstream: &Option<String>,
+    response: &str,
+) {
+    let response_id = adapter.response_id(response);
+    if let Some(response_id) = &response_id {
+        let unsettled = adapter.unsettled_calls(request_body, response, &shared.tool_name);
+        if !unsettled.is_empty() {
+            let conversation = upstream.is_none().then_some(request_body);
+            let answers = answer_calls(shared, tenant, issued, conversation, unsettled).await;
+            remember_unsettled_calls(shared, tenant, response_id, &answers).await;
+        }
+    }
+    let turns = response_id.into_iter().chain(upstream.clone());
+    remember_upstream_turn(shared, tenant, turns).await;
 }
 
 /// A 2xx JSON response the layer can read; anything else (errors, encoded or streamed bodies)
@@ -535,7 +691,7 @@ where
 }
 
 /// A request for upstream with the head of the client's request and a new body.
-fn upstream_request<B: From<Bytes>>(
+pub(crate) fn upstream_request<B: From<Bytes>>(
     parts: &http::request::Parts,
     body: &str,
     continuation: bool,

@@ -116,3 +116,42 @@ pub(crate) async fn remember_upstream_turn(
         }
     }
 }
+
+/// The store entry naming the upstream turn that stands for a response id the client saw: a
+/// streamed response keeps its first round's id for the client, while the turn is whole only in
+/// the last round's response.
+fn alias_id(shared: &Shared, tenant: &TenantId, shown: &str) -> EntryId {
+    shared
+        .key
+        .entry(tenant, &format!("\0ccr response alias\0{shown}"))
+}
+
+pub(crate) async fn remember_alias(shared: &Shared, tenant: &TenantId, shown: &str, real: &str) {
+    let entry = Entry {
+        tenant: tenant.clone(),
+        original: Arc::from(real),
+    };
+    if let Err(error) = shared
+        .store
+        .put(alias_id(shared, tenant, shown), entry, shared.retention)
+        .await
+    {
+        tracing::warn!(%error, "store failed; a request continuing this streamed response will miss its retrieval rounds");
+    }
+}
+
+/// The upstream turn a response id the client saw stands for, when it is an alias.
+pub(crate) async fn resolve_alias(
+    shared: &Shared,
+    tenant: &TenantId,
+    shown: &str,
+) -> Option<String> {
+    match shared
+        .store
+        .get(alias_id(shared, tenant, shown), shared.retention)
+        .await
+    {
+        Ok(Lookup::Found(entry)) if entry.tenant == *tenant => Some(entry.original.to_string()),
+        _ => None,
+    }
+}

@@ -27,7 +27,7 @@ async fn chat_create_runs_through_the_layer() {
         }
     })
     .await;
-    let layer = CcrLayer::new();
+    let layer = CcrLayer::new().max_answer_bytes(1 << 20);
     let handle = layer.handle();
     let config = OpenAIConfig::new()
         .with_api_key("sk-test")
@@ -85,4 +85,84 @@ async fn api_errors_reach_async_openai_unchanged() {
         }
         other => panic!("expected an API error, got {other:?}"),
     }
+}
+
+fn sse_body(chunks: &[serde_json::Value]) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let mut body: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    body.push_str("data: [DONE]\n\n");
+    http::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap()
+}
+
+fn stream_chunk(id: &str, delta: serde_json::Value, finish: Option<&str>) -> serde_json::Value {
+    json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": "gpt-x",
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+}
+
+#[tokio::test]
+async fn chat_create_stream_runs_through_the_layer() {
+    use futures::StreamExt;
+    let (addr, log) = serve(|round, request| match round {
+        0 => {
+            let hash = marker_hash(request.text()).unwrap();
+            let arguments = json!({"hash": hash, "query": "payment"}).to_string();
+            sse_body(&[
+                stream_chunk(
+                    "chatcmpl-1",
+                    json!({"role": "assistant", "content": null}),
+                    None,
+                ),
+                stream_chunk(
+                    "chatcmpl-1",
+                    json!({"tool_calls": [{"index": 0, "id": "call_s", "type": "function",
+                        "function": {"name": "ccr_retrieve", "arguments": arguments}}]}),
+                    None,
+                ),
+                stream_chunk("chatcmpl-1", json!({}), Some("tool_calls")),
+            ])
+        }
+        _ => sse_body(&[
+            stream_chunk(
+                "chatcmpl-2",
+                json!({"role": "assistant", "content": "The gateway "}),
+                None,
+            ),
+            stream_chunk("chatcmpl-2", json!({"content": "declined the card."}), None),
+            stream_chunk("chatcmpl-2", json!({}), Some("stop")),
+        ]),
+    })
+    .await;
+    let layer = CcrLayer::new();
+    let config = OpenAIConfig::new()
+        .with_api_key("sk-test")
+        .with_api_base(format!("http://{addr}/v1"));
+    let client = Client::with_config(config)
+        .with_http_service(CcrHttpService::new(&layer, reqwest::Client::new()));
+    let request: CreateChatCompletionRequest = serde_json::from_value(json!({
+        "model": "gpt-x",
+        "messages": conversation(&big_log(2_500)),
+        "tools": [{"type": "function", "function": {"name": "bash", "parameters": {"type": "object"}}}]
+    }))
+    .unwrap();
+    let mut stream = client.chat().create_stream(request).await.unwrap();
+    let mut content = String::new();
+    let mut finish_reasons = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("every chunk deserializes");
+        assert_eq!(chunk.id, "chatcmpl-1", "one completion");
+        let choice = &chunk.choices[0];
+        assert!(
+            choice.delta.tool_calls.is_none(),
+            "the client never sees the tool"
+        );
+        content.push_str(choice.delta.content.as_deref().unwrap_or_default());
+        finish_reasons.extend(choice.finish_reason);
+    }
+    assert_eq!(content, "The gateway declined the card.");
+    assert_eq!(finish_reasons.len(), 1);
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 2);
+    assert!(retrieval_answers(&log[1].json(), "call_s")[0].contains("card_declined"));
 }

@@ -230,7 +230,7 @@ async fn the_model_retrieves_and_the_client_gets_only_the_final_answer() {
         }
         _ => text_answer("The gateway refused token tok_4242: card_declined.", 300),
     });
-    let layer = CcrLayer::new();
+    let layer = CcrLayer::new().max_answer_bytes(1 << 20);
     let handle = layer.handle();
     let original = big_log(2_000);
     let response = layer
@@ -317,6 +317,7 @@ async fn the_model_turn_is_replayed_byte_for_byte() {
     });
     let original = big_log(1_500);
     let response = CcrLayer::new()
+        .max_answer_bytes(1 << 20)
         .layer(upstream)
         .oneshot(gemini_post(
             GEMINI_URL,
@@ -556,7 +557,8 @@ async fn the_same_request_twice_sends_identical_bytes() {
 async fn requests_the_layer_must_not_rewrite_pass_through_untouched() {
     let big = big_log(1_500);
     let valid = gemini_body(gemini_conversation(&big), json!({}));
-    let stream_url = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+    // Without alt=sse a stream is one JSON array in pieces: not read.
+    let stream_url = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent";
     let cases: Vec<(&str, String)> = vec![
         (stream_url, valid.clone()),
         (

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks what tower-ccr sent upstream and returned to clients against the official SDKs' types.
+"""Checks what tower-ccr sent upstream and returned to clients against the official SDKs.
 
 Usage: sdk_check.py <dir>   (the folder `cargo test --test sdk_conformance` writes:
 target/tmp/sdk-conformance). Needs the PyPI packages openai, anthropic and google-genai.
@@ -7,7 +7,10 @@ target/tmp/sdk-conformance). Needs the PyPI packages openai, anthropic and googl
 Requests are validated against the SDKs' request parameter types (openai and anthropic TypedDicts,
 through pydantic, every lazily validated iterable forced), Gemini requests field by field against
 google-genai's models (which forbid unknown fields); responses the client got are parsed with
-the SDKs' response models, as the SDKs themselves parse them. Exits 1 on the first mismatch.
+the SDKs' response models, as the SDKs themselves parse them. Streams the client got
+(`*_stream_*.sse`) are fed to each SDK's own streaming client over a mock HTTP transport and
+accumulated as the SDK's stream helpers do; an error stream must make the SDK raise. Exits 1 on
+the first mismatch.
 """
 
 import collections.abc
@@ -15,18 +18,26 @@ import json
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 
+import httpx2 as httpx  # the HTTP client the SDKs use
 import typing_extensions
 
 import pydantic
 from anthropic.types import Message
-from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
+from anthropic.types.message_create_params import MessageCreateParamsNonStreaming, MessageCreateParamsStreaming
 from google.genai import types as genai
 from openai.types.chat import ChatCompletion
-from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming
+from openai.types.chat.completion_create_params import (
+    CompletionCreateParamsNonStreaming,
+    CompletionCreateParamsStreaming,
+)
 from openai.types.responses import Response
-from openai.types.responses.response_create_params import ResponseCreateParamsNonStreaming
+from openai.types.responses.response_create_params import (
+    ResponseCreateParamsNonStreaming,
+    ResponseCreateParamsStreaming,
+)
 
 
 def check(kind, value, path="$"):
@@ -104,6 +115,12 @@ REQUESTS = {
     "anthropic": lambda body: typed_dict(MessageCreateParamsNonStreaming, body),
     "gemini": gemini_request,
 }
+STREAM_REQUESTS = {
+    "chat": lambda body: typed_dict(CompletionCreateParamsStreaming, body),
+    "responses": lambda body: typed_dict(ResponseCreateParamsStreaming, body),
+    "anthropic": lambda body: typed_dict(MessageCreateParamsStreaming, body),
+    "gemini": gemini_request,
+}
 RESPONSES = {
     "chat": ChatCompletion.model_validate,
     "responses": Response.model_validate,
@@ -112,7 +129,67 @@ RESPONSES = {
 }
 
 
+def transport(stream):
+    """An httpx client whose every request is answered with `stream` as an event stream."""
+    def answer(request):
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=stream)
+    return httpx.Client(transport=httpx.MockTransport(answer))
+
+
+def chat_stream(stream):
+    import openai
+    client = openai.OpenAI(api_key="x", base_url="http://upstream/v1", http_client=transport(stream), max_retries=0)
+    with client.chat.completions.stream(model="gpt-4o", messages=[{"role": "user", "content": "q"}]) as events:
+        return events.get_final_completion().model_dump_json()
+
+
+def responses_stream(stream):
+    import openai
+    client = openai.OpenAI(api_key="x", base_url="http://upstream/v1", http_client=transport(stream), max_retries=0)
+    with client.responses.stream(model="gpt-4o", input="q") as events:
+        return events.get_final_response().model_dump_json()
+
+
+def anthropic_stream(stream):
+    import anthropic
+    client = anthropic.Anthropic(api_key="x", base_url="http://upstream", http_client=transport(stream), max_retries=0)
+    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=1024,
+                                messages=[{"role": "user", "content": "q"}]) as events:
+        return events.get_final_message().model_dump_json()
+
+
+def gemini_stream(stream):
+    from google import genai as google_genai
+    options = genai.HttpOptions(base_url="http://upstream", httpx_client=transport(stream))
+    client = google_genai.Client(api_key="x", http_options=options)
+    chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="q"))
+    # What a client reads of the stream: the text of every chunk, and every call.
+    text = "".join(part.text or "" for chunk in chunks for part in chunk.candidates[0].content.parts or [])
+    calls = [call.name for chunk in chunks for call in chunk.function_calls or []]
+    return json.dumps({"text": text, "calls": calls, "chunks": [chunk.model_dump(mode="json") for chunk in chunks]})
+
+
+STREAMS = {"chat": chat_stream, "responses": responses_stream, "anthropic": anthropic_stream, "gemini": gemini_stream}
+
+
+def check_stream(api, case, stream):
+    """Runs a stream the client got through the SDK's own streaming client."""
+    if case == "error":
+        try:
+            STREAMS[api](stream)
+        except Exception:  # noqa: BLE001 - any SDK error is the expected outcome
+            return
+        raise ValueError("the SDK read an error stream without raising")
+    final = STREAMS[api](stream)
+    if "ccr_retrieve" in final:
+        raise ValueError(f"the client saw the retrieval tool: {final:.300}")
+    expected = {"final": "The card was declined.", "mixed": "bash"}[case]
+    if expected not in final:
+        raise ValueError(f"{expected!r} not in what the SDK accumulated: {final:.600}")
+
+
 def main():
+    warnings.simplefilter("ignore", DeprecationWarning)  # model names in the fixtures age
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     files = sorted(Path(sys.argv[1]).glob("*.json"))
@@ -120,18 +197,31 @@ def main():
         sys.exit(f"no fixtures in {sys.argv[1]}: run cargo test --test sdk_conformance first")
     checked = {api: 0 for api in REQUESTS}
     for path in files:
-        api, kind = path.stem.split("_", 2)[:2]
+        api, kind, case = path.stem.split("_", 2)
         body = json.loads(path.read_text())
+        if kind == "request":
+            checks = STREAM_REQUESTS if case.startswith("stream") else REQUESTS
+        else:
+            checks = RESPONSES
         try:
-            (REQUESTS if kind == "request" else RESPONSES)[api](body)
+            checks[api](body)
         except Exception as error:  # noqa: BLE001 - report any validation failure
+            print(f"FAILED {path.name}: {error}")
+            sys.exit(1)
+        checked[api] += 1
+    streams = sorted(Path(sys.argv[1]).glob("*_stream_*.sse"))
+    for path in streams:
+        api, _, case = path.stem.split("_", 2)
+        try:
+            check_stream(api, case, path.read_bytes())
+        except Exception as error:  # noqa: BLE001 - report any failure
             print(f"FAILED {path.name}: {error}")
             sys.exit(1)
         checked[api] += 1
     for api, count in checked.items():
         if count == 0:
             sys.exit(f"no fixtures for {api}")
-    print(f"{len(files)} passed, 0 failed: sdk types accept every request and response ({checked})")
+    print(f"{len(files) + len(streams)} passed, 0 failed: the SDKs accept every request, response and stream ({checked})")
 
 
 if __name__ == "__main__":

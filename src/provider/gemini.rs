@@ -1,7 +1,8 @@
 //! Google Gemini `generateContent`, on the Gemini API and on Vertex AI: any path ending in
 //! `:generateContent` (`/v1beta/models/{m}:generateContent`, `/v1/…`, `/v1/tunedModels/{m}:…`,
-//! `…/publishers/google/models/{m}:generateContent`). Streaming (`:streamGenerateContent`) is
-//! not matched.
+//! `…/publishers/google/models/{m}:generateContent`), and `:streamGenerateContent` with
+//! `alt=sse` in the query (without it the stream is one JSON array in pieces: not matched, it
+//! passes through).
 //!
 //! The wire format is camelCase, as google-genai sends it. Google's JSON parser also takes
 //! snake_case, and the SDK itself sends some nested keys that way (`will_continue` in a
@@ -46,6 +47,17 @@
 //! step), and a candidate left without parts loses its `parts` member (the shape the API itself
 //! sends for a candidate without output). `usageMetadata` is summed over rounds, the
 //! per-modality `*TokensDetails` arrays included.
+//!
+//! # Streams
+//!
+//! Each event is `data:` and one whole `GenerateContentResponse` chunk; text comes in pieces,
+//! function calls whole. A call of ours is removed from its chunk as it arrives (the chunk goes
+//! when nothing else is left in it); the chunk with `finishReason` and anything after it wait
+//! for the driver. The round's turn is assembled from every chunk's parts, in order (adjacent
+//! plain texts joined, every other part as it came), for the continuation, which goes to the same
+//! URI and so streams too. Within a round each `usageMetadata` is a running total; from the
+//! second round on, every one the client sees includes the earlier rounds' (as google-genai does
+//! across the requests of one stream).
 
 use std::borrow::Cow;
 
@@ -54,10 +66,12 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use bytes::Bytes;
+
 use super::{
     Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, MAX_ARGUMENTS_BYTES, MAX_QUESTION_BYTES,
-    Malformed, QUERY_DESCRIPTION, TOOL_DESCRIPTION, ToolOutput, Turn, append_to_root_array, array,
-    object, truncated,
+    Malformed, QUERY_DESCRIPTION, SseEvent, StreamFilter, TOOL_DESCRIPTION, ToolOutput, Turn,
+    append_to_root_array, array, object, truncated,
 };
 use crate::json::{
     Field, OrderedObject, Splice, array_append_point, has_long_string, is_null,
@@ -181,6 +195,13 @@ struct FunctionCallingConfig<'a> {
         alias = "allowed_function_names"
     )]
     allowed_function_names: Field<'a>,
+    #[serde(
+        borrow,
+        default,
+        rename = "streamFunctionCallArguments",
+        alias = "stream_function_call_arguments"
+    )]
+    stream_function_call_arguments: Field<'a>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +273,11 @@ fn redeemable(
                 if !known {
                     return false;
                 }
+            }
+            // Vertex then streams a call's arguments over several nameless parts: the layer
+            // takes calls whole, so it does not offer its tool there.
+            if calling.stream_function_call_arguments.is("true") {
+                return false;
             }
             if let Some(names) = calling.allowed_function_names.value() {
                 let Ok(names) = serde_json::from_str::<Vec<Cow<'_, str>>>(names.get()) else {
@@ -658,27 +684,46 @@ fn forbid_calls(
 
 /// Sums the usage of the last round with the earlier ones: every count, and the per-modality
 /// counts of the `*TokensDetails` arrays (`[{"modality":"TEXT","tokenCount":3}]`), matched by
-/// modality.
+/// modality. Counts only earlier rounds had (thoughts in the round that called the tool, none
+/// in the answer) are added after the last round's: without them the sum would fall short.
 fn summed_usage(last: &RawValue, earlier: &[serde_json::Value]) -> String {
     let summed = sum_usage(last, earlier);
     let Ok(usage) = object(&summed) else {
         return summed;
     };
-    let details: Vec<Option<String>> = usage
+    let mut members: Vec<(String, String)> = usage
         .0
         .iter()
-        .map(|(key, value)| sum_modalities(key, value, earlier))
+        .map(|(key, value)| {
+            let value =
+                sum_modalities(key, value, earlier).unwrap_or_else(|| value.get().to_owned());
+            (key.to_string(), value)
+        })
         .collect();
-    if details.iter().all(Option::is_none) {
-        return summed;
+    for usage in earlier.iter().filter_map(serde_json::Value::as_object) {
+        for (key, value) in usage {
+            if members.iter().any(|(known, _)| known == key) {
+                continue;
+            }
+            let total = if value.is_u64() {
+                let total = earlier
+                    .iter()
+                    .filter_map(|usage| usage.get(key)?.as_u64())
+                    .fold(0, u64::saturating_add);
+                Some(total.to_string())
+            } else if value.is_array() {
+                serde_json::from_str::<&RawValue>("[]")
+                    .ok()
+                    .and_then(|empty| sum_modalities(key, empty, earlier))
+            } else {
+                None
+            };
+            if let Some(total) = total {
+                members.push((key.clone(), total));
+            }
+        }
     }
-    OrderedObject::render(
-        usage
-            .0
-            .iter()
-            .zip(&details)
-            .map(|((key, value), detail)| (key.as_ref(), detail.as_deref().unwrap_or(value.get()))),
-    )
+    OrderedObject::render(members.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 /// A modality breakdown summed over rounds; `None` when `value` is not one.
@@ -771,11 +816,17 @@ impl Adapter for Gemini {
     }
 
     fn matches(&self, method: &http::Method, uri: &http::Uri) -> bool {
-        method == http::Method::POST
-            && uri
-                .path()
-                .trim_end_matches('/')
-                .ends_with(":generateContent")
+        if method != http::Method::POST {
+            return false;
+        }
+        let path = uri.path().trim_end_matches('/');
+        // Without `alt=sse` a stream is one JSON array sent in pieces: not read, it passes
+        // through.
+        path.ends_with(":generateContent")
+            || (path.ends_with(":streamGenerateContent")
+                && uri
+                    .query()
+                    .is_some_and(|query| query.split('&').any(|pair| pair == "alt=sse")))
     }
 
     fn inspect(
@@ -1044,6 +1095,10 @@ impl Adapter for Gemini {
         splice.apply(request).ok_or(Malformed("overlapping edits"))
     }
 
+    fn stream_filter(&self, tool_name: &str, limit: usize) -> Box<dyn StreamFilter> {
+        Box::new(GeminiStream::new(tool_name, limit))
+    }
+
     fn finalize(
         &self,
         response: &str,
@@ -1054,7 +1109,11 @@ impl Adapter for Gemini {
         let mut splice = Splice::default();
         if let Some(candidates) = root.get("candidates").filter(|c| !is_null(c)) {
             for candidate in array(candidates.get())? {
-                let Some((content, parts)) = candidate_parts(&object(candidate.get())?)? else {
+                // A candidate that is not an object holds no call of ours: left as it is.
+                let Ok(candidate) = object(candidate.get()) else {
+                    continue;
+                };
+                let Some((content, parts)) = candidate_parts(&candidate)? else {
                     continue;
                 };
                 let read = read_parts(parts)?;
@@ -1131,6 +1190,577 @@ impl Adapter for Gemini {
     }
 }
 
+/// Where a `GenerateContentResponse` chunk of a stream says that its candidate is done.
+const FINISH_MEMBERS: [&str; 4] = [
+    "finishReason",
+    "finish_reason",
+    "finishMessage",
+    "finish_message",
+];
+
+/// The root members of a chunk that say nothing on their own: a chunk left with only these
+/// once our calls are gone is not sent.
+const BOOKKEEPING_MEMBERS: [&str; 8] = [
+    "usageMetadata",
+    "usage_metadata",
+    "modelVersion",
+    "model_version",
+    "responseId",
+    "response_id",
+    "createTime",
+    "create_time",
+];
+
+/// The parts of a candidate whose only parts were our calls, when the chunk must still go out
+/// (it ends the turn, or carries more than bookkeeping). The API itself ends streams with an
+/// empty text part, and google-genai chats leave a whole streamed turn out of their history
+/// when one of its chunks has no parts.
+const EMPTY_PARTS: &str = r#"[{"text":""}]"#;
+
+/// One part of the model's turn as a round assembles it.
+enum AssembledPart {
+    /// Plain text (a thought or not) with nothing else: adjacent pieces are joined.
+    Text { text: String, thought: bool },
+    /// Any other part, its JSON text as it came (signatures and calls kept exactly).
+    Raw(String),
+}
+
+impl AssembledPart {
+    fn render(&self) -> String {
+        match self {
+            Self::Text {
+                text,
+                thought: false,
+            } => format!("{{\"text\":{}}}", quote(text)),
+            Self::Text {
+                text,
+                thought: true,
+            } => format!("{{\"text\":{},\"thought\":true}}", quote(text)),
+            Self::Raw(raw) => raw.clone(),
+        }
+    }
+}
+
+/// The text of a part made of `text` alone, or of `text` and `thought: true`.
+fn plain_text(part: &OrderedObject<'_>) -> Option<(String, bool)> {
+    let text = part.get("text")?;
+    let thought = match part.0.as_slice() {
+        [_] => false,
+        [_, _] => {
+            if part.get("thought")?.get() != "true" {
+                return None;
+            }
+            true
+        }
+        _ => return None,
+    };
+    Some((string_value(text)?.into_owned(), thought))
+}
+
+/// What one round of the stream has shown of the model's turn, and what it holds back.
+#[derive(Default)]
+struct StreamRound {
+    parts: Vec<AssembledPart>,
+    /// The content's `role`, as JSON text.
+    role: Option<String>,
+    finish_reason: Option<String>,
+    /// The latest `usageMetadata`: within a round each chunk's is the running total (the SDK
+    /// replaces it, chunk by chunk), so the latest is the round's.
+    usage: Option<String>,
+    model_version: Option<String>,
+    response_id: Option<String>,
+    /// The chunk with `finishReason` and every event after it, until the driver says whether
+    /// another round follows.
+    held: Vec<SseEvent>,
+    /// A `finishReason` came.
+    finished: bool,
+    /// A `finishReason` came, even in a round not continued: the round ended as it should.
+    saw_finish: bool,
+    /// The upstream sent an error chunk.
+    errored: bool,
+    /// This round is not continued (an error event, several candidates, an unreadable chunk,
+    /// over the limit): nothing is held back any more, and nothing assembled.
+    broken: bool,
+    /// Bytes of `parts` and `held`.
+    bytes: usize,
+    /// The thought signature of a call of ours that was removed, for the next client call
+    /// without one (Gemini 3 wants one on the first call of a step).
+    pending_signature: Option<String>,
+}
+
+/// The stream filter of `streamGenerateContent?alt=sse`: every event is `data:` and one whole
+/// `GenerateContentResponse` chunk. Text arrives in pieces; function calls arrive whole, so a
+/// call of ours is removed from its chunk as it arrives (the chunk is dropped when nothing else
+/// is left in it). Parts carry no index: nothing to renumber.
+struct GeminiStream {
+    tool_name: String,
+    limit: usize,
+    /// The usage of each earlier round, summed into every usage the client sees after them
+    /// (as google-genai does across the requests of one stream).
+    earlier_usage: Vec<serde_json::Value>,
+    /// What the held-back chunks of the previous round still had for the client (their content,
+    /// `finishReason` removed), sent before the next event.
+    carried: Vec<Bytes>,
+    round: StreamRound,
+}
+
+/// What becomes of one chunk on its way to the client.
+enum ClientChunk {
+    Unchanged,
+    Changed(String),
+    Dropped,
+}
+
+impl GeminiStream {
+    fn new(tool_name: &str, limit: usize) -> Self {
+        Self {
+            tool_name: tool_name.to_owned(),
+            limit,
+            earlier_usage: Vec::new(),
+            carried: Vec::new(),
+            round: StreamRound::default(),
+        }
+    }
+
+    /// `event` as the client gets it; `clear_finish` when a round follows (its end is not the
+    /// end of the client's response).
+    fn for_client(&mut self, event: &SseEvent, clear_finish: bool) -> Option<Bytes> {
+        let Some(data) = event.data.as_deref() else {
+            return Some(event.raw.clone());
+        };
+        let chunk = client_chunk(
+            data,
+            &self.tool_name,
+            &mut self.round.pending_signature,
+            &self.earlier_usage,
+            clear_finish,
+        )
+        // A chunk that cannot be edited goes as it came, never lost, unless it may carry a
+        // call of ours: the client never sees the tool.
+        .unwrap_or_else(|_| {
+            if memchr::memmem::find(data.as_bytes(), self.tool_name.as_bytes()).is_some() {
+                ClientChunk::Dropped
+            } else {
+                ClientChunk::Unchanged
+            }
+        });
+        match chunk {
+            ClientChunk::Unchanged => Some(event.raw.clone()),
+            ClientChunk::Changed(data) => Some(crate::sse::encode(event.event.as_deref(), &data)),
+            ClientChunk::Dropped => None,
+        }
+    }
+
+    /// The round will not be continued: what it held goes to the client now, as the end of
+    /// the response, and nothing more is assembled.
+    fn break_round(&mut self, out: &mut Vec<Bytes>) {
+        self.round.broken = true;
+        self.round.parts = Vec::new();
+        for event in std::mem::take(&mut self.round.held) {
+            out.extend(self.for_client(&event, false));
+        }
+        self.round.bytes = 0;
+    }
+
+    /// Adds a chunk's first candidate to the round's turn. Returns whether the chunk ends the
+    /// round (a `finishReason`).
+    fn assemble(&mut self, root: &OrderedObject<'_>) -> bool {
+        let Some(candidates) = root.get("candidates").filter(|c| !is_null(c)) else {
+            self.keep_bookkeeping(root);
+            return false;
+        };
+        let Ok(candidates) = array(candidates.get()) else {
+            self.round.broken = true;
+            return false;
+        };
+        let candidates: Option<Vec<OrderedObject<'_>>> = candidates
+            .iter()
+            .map(|candidate| object(candidate.get()).ok())
+            .collect();
+        let Some(candidates) = candidates else {
+            self.round.broken = true;
+            return false;
+        };
+        let finishes = candidates.iter().any(|candidate| {
+            member(candidate, "finishReason", "finish_reason").is_some_and(|r| !is_null(r))
+        });
+        let first_only = match candidates.as_slice() {
+            [] => true,
+            [candidate] => candidate
+                .get("index")
+                .is_none_or(|index| index.get() == "0"),
+            _ => false,
+        };
+        if !first_only {
+            // Several candidates: not a turn to continue (`read_turn` would refuse it).
+            self.round.broken = true;
+        }
+        if self.round.broken {
+            return finishes;
+        }
+        self.keep_bookkeeping(root);
+        let Some(candidate) = candidates.first() else {
+            return finishes;
+        };
+        if let Some(reason) =
+            member(candidate, "finishReason", "finish_reason").filter(|r| !is_null(r))
+        {
+            self.round.finish_reason = Some(reason.get().to_owned());
+        }
+        let parts = match candidate_parts(candidate) {
+            Ok(Some((content, parts))) => {
+                if self.round.role.is_none()
+                    && let Some(role) = object(content.get())
+                        .ok()
+                        .and_then(|content| content.get("role"))
+                        .filter(|role| !is_null(role))
+                {
+                    self.round.role = Some(role.get().to_owned());
+                }
+                array(parts.get())
+            }
+            Ok(None) => Ok(Vec::new()),
+            Err(error) => Err(error),
+        };
+        let Ok(parts) = parts else {
+            self.round.broken = true;
+            return finishes;
+        };
+        for part in parts {
+            let text = object(part.get()).ok().as_ref().and_then(plain_text);
+            match (text, self.round.parts.last_mut()) {
+                (
+                    Some((more, thought)),
+                    Some(AssembledPart::Text {
+                        text,
+                        thought: last_thought,
+                    }),
+                ) if thought == *last_thought => {
+                    self.round.bytes += more.len();
+                    text.push_str(&more);
+                }
+                (Some((text, thought)), _) => {
+                    self.round.bytes += text.len();
+                    self.round.parts.push(AssembledPart::Text { text, thought });
+                }
+                (None, _) => {
+                    self.round.bytes += part.get().len();
+                    self.round
+                        .parts
+                        .push(AssembledPart::Raw(part.get().to_owned()));
+                }
+            }
+        }
+        finishes
+    }
+
+    /// The latest usage, model version and response id of the round.
+    fn keep_bookkeeping(&mut self, root: &OrderedObject<'_>) {
+        let latest = |camel: &str, snake: &str| {
+            member(root, camel, snake)
+                .filter(|value| !is_null(value))
+                .map(|value| value.get().to_owned())
+        };
+        if let Some(usage) = latest("usageMetadata", "usage_metadata") {
+            self.round.usage = Some(usage);
+        }
+        if let Some(version) = latest("modelVersion", "model_version") {
+            self.round.model_version = Some(version);
+        }
+        if let Some(id) = latest("responseId", "response_id") {
+            self.round.response_id = Some(id);
+        }
+    }
+
+    /// Holds back an event of the round's end; past the limit the round is given up.
+    fn hold(&mut self, event: SseEvent, out: &mut Vec<Bytes>) {
+        self.round.bytes += event.raw.len();
+        self.round.held.push(event);
+        if self.round.bytes > self.limit {
+            self.break_round(out);
+        }
+    }
+}
+
+impl StreamFilter for GeminiStream {
+    fn event(&mut self, event: SseEvent, out: &mut Vec<Bytes>) {
+        out.append(&mut self.carried);
+        let root = event.data.as_deref().and_then(|data| object(data).ok());
+        let Some(root) = root else {
+            // Comments, and data that is no JSON object: as they came.
+            if self.round.finished && !self.round.broken {
+                self.hold(event, out);
+            } else {
+                out.push(event.raw);
+            }
+            return;
+        };
+        if root.get("error").is_some() {
+            // The SDK raises it; the round ends there.
+            self.round.errored = true;
+            self.break_round(out);
+            out.push(event.raw);
+            return;
+        }
+        let finishes = self.assemble(&root);
+        self.round.saw_finish |= finishes;
+        drop(root);
+        if self.round.broken {
+            self.break_round(out);
+            out.extend(self.for_client(&event, false));
+            return;
+        }
+        if finishes || self.round.finished {
+            self.round.finished = true;
+            self.hold(event, out);
+            return;
+        }
+        out.extend(self.for_client(&event, false));
+        if self.round.bytes > self.limit {
+            self.break_round(out);
+        }
+    }
+
+    fn end_round(&mut self) -> Option<String> {
+        let round = &self.round;
+        if round.broken {
+            return None;
+        }
+        let finish_reason = round.finish_reason.as_deref()?;
+        let parts: Vec<String> = round.parts.iter().map(AssembledPart::render).collect();
+        let parts = format!("[{}]", parts.join(","));
+        let content = OrderedObject::render([
+            ("role", round.role.as_deref().unwrap_or("\"model\"")),
+            ("parts", parts.as_str()),
+        ]);
+        let candidate = OrderedObject::render([
+            ("content", content.as_str()),
+            ("finishReason", finish_reason),
+            ("index", "0"),
+        ]);
+        let candidates = format!("[{candidate}]");
+        let mut members = vec![("candidates", candidates.as_str())];
+        members.extend(round.usage.as_deref().map(|u| ("usageMetadata", u)));
+        members.extend(round.model_version.as_deref().map(|v| ("modelVersion", v)));
+        members.extend(round.response_id.as_deref().map(|id| ("responseId", id)));
+        Some(OrderedObject::render(members))
+    }
+
+    fn cut_short(&self) -> bool {
+        !self.round.saw_finish && !self.round.errored
+    }
+
+    fn next_round(&mut self) {
+        for event in std::mem::take(&mut self.round.held) {
+            if let Some(bytes) = self.for_client(&event, true) {
+                self.carried.push(bytes);
+            }
+        }
+        if let Some(usage) = self
+            .round
+            .usage
+            .as_deref()
+            .and_then(|usage| serde_json::from_str(usage).ok())
+        {
+            self.earlier_usage.push(usage);
+        }
+        self.round = StreamRound::default();
+    }
+
+    fn finish(&mut self, out: &mut Vec<Bytes>) {
+        out.append(&mut self.carried);
+        for event in std::mem::take(&mut self.round.held) {
+            out.extend(self.for_client(&event, false));
+        }
+    }
+
+    fn error_event(&mut self, message: &str) -> Bytes {
+        // What the model said before the failure goes first (without its `finishReason`: the
+        // response did not end well), then the error, which google-genai raises as a
+        // `ServerError` (a chunk whose JSON starts with `{"error":`, a 5xx code).
+        let mut out = std::mem::take(&mut self.carried);
+        for event in std::mem::take(&mut self.round.held) {
+            out.extend(self.for_client(&event, true));
+        }
+        out.push(crate::sse::encode(
+            None,
+            &format!(
+                r#"{{"error":{{"code":500,"message":{},"status":"INTERNAL"}}}}"#,
+                quote(message)
+            ),
+        ));
+        Bytes::from(out.concat())
+    }
+}
+
+/// A chunk for the client: our calls removed (their thought signature moved to the next client
+/// call without one), usage summed with `earlier_usage`, and with `clear_finish` its
+/// `finishReason` removed. Every other byte stays.
+fn client_chunk(
+    data: &str,
+    tool_name: &str,
+    pending_signature: &mut Option<String>,
+    earlier_usage: &[serde_json::Value],
+    clear_finish: bool,
+) -> Result<ClientChunk, Malformed> {
+    let root = object(data)?;
+    if root.get("error").is_some() {
+        return Ok(ClientChunk::Unchanged);
+    }
+    let mut splice = Splice::default();
+    // Something of ours (a call, a finishReason) went, and whether anything else is left.
+    let (mut removed, mut worth_sending) = (false, false);
+    for (key, value) in &root.0 {
+        match key.as_ref() {
+            "candidates" if !is_null(value) => {
+                for candidate in array(value.get())? {
+                    let (candidate_removed, candidate_worth) = client_candidate(
+                        data,
+                        candidate,
+                        tool_name,
+                        pending_signature,
+                        clear_finish,
+                        &mut splice,
+                    )?;
+                    removed |= candidate_removed;
+                    worth_sending |= candidate_worth;
+                }
+            }
+            "usageMetadata" | "usage_metadata" if !is_null(value) && !earlier_usage.is_empty() => {
+                let span = span_of(data, value).ok_or(Malformed("usageMetadata"))?;
+                splice.replace(span, summed_usage(value, earlier_usage));
+            }
+            key if BOOKKEEPING_MEMBERS.contains(&key) => {}
+            _ => worth_sending = true,
+        }
+    }
+    if removed && !worth_sending {
+        return Ok(ClientChunk::Dropped);
+    }
+    if splice.is_empty() {
+        return Ok(ClientChunk::Unchanged);
+    }
+    splice
+        .apply(data)
+        .map(ClientChunk::Changed)
+        .ok_or(Malformed("overlapping edits"))
+}
+
+/// Edits one candidate of a chunk for the client (see [`client_chunk`]). Returns whether
+/// something was removed, and whether the candidate still has something to say.
+fn client_candidate(
+    data: &str,
+    candidate_raw: &RawValue,
+    tool_name: &str,
+    pending_signature: &mut Option<String>,
+    clear_finish: bool,
+    splice: &mut Splice,
+) -> Result<(bool, bool), Malformed> {
+    let Ok(candidate) = object(candidate_raw.get()) else {
+        // Not a candidate (`null`, say): nothing of ours in it, and it stays as it came.
+        return Ok((false, true));
+    };
+    let (mut removed, mut worth_sending) = (false, false);
+    // The new `parts` and the byte range they replace.
+    let mut parts_edit: Option<(std::ops::Range<usize>, String)> = None;
+    if let Some((content, parts)) = candidate_parts(&candidate)? {
+        let content_object = object(content.get())?;
+        worth_sending |= content_object
+            .0
+            .iter()
+            .any(|(key, _)| key != "role" && key != "parts");
+        let mut kept = Vec::new();
+        let mut changed = false;
+        for (raw, call) in read_parts(parts)? {
+            match call {
+                Some(call) if call.is(tool_name) => {
+                    removed = true;
+                    changed = true;
+                    if pending_signature.is_none() {
+                        *pending_signature = call.signature().map(|s| s.get().to_owned());
+                    }
+                }
+                Some(call) if call.signature().is_none() && pending_signature.is_some() => {
+                    changed = true;
+                    let signature = pending_signature.take();
+                    kept.push(OrderedObject::render(
+                        call.part
+                            .0
+                            .iter()
+                            .map(|(key, value)| (key.as_ref(), value.get()))
+                            .chain(signature.as_deref().map(|s| ("thoughtSignature", s))),
+                    ));
+                }
+                Some(_) => {
+                    *pending_signature = None;
+                    kept.push(raw.get().to_owned());
+                }
+                None => kept.push(raw.get().to_owned()),
+            }
+        }
+        worth_sending |= !kept.is_empty();
+        if changed {
+            let span = span_of(data, parts).ok_or(Malformed("parts"))?;
+            let parts = if kept.is_empty() {
+                EMPTY_PARTS.to_owned()
+            } else {
+                format!("[{}]", kept.join(","))
+            };
+            parts_edit = Some((span, parts));
+        }
+    }
+    let mut finish_cleared = false;
+    for (key, _) in &candidate.0 {
+        match key.as_ref() {
+            "content" | "index" => {}
+            key if FINISH_MEMBERS.contains(&key) => {
+                if clear_finish {
+                    finish_cleared = true;
+                } else {
+                    worth_sending = true;
+                }
+            }
+            _ => worth_sending = true,
+        }
+    }
+    if !finish_cleared {
+        if let Some((span, parts)) = parts_edit {
+            splice.replace(span, parts);
+        }
+        return Ok((removed, worth_sending));
+    }
+    // The candidate without its finish members; its content with the new parts.
+    let candidate_span = span_of(data, candidate_raw).ok_or(Malformed("candidate"))?;
+    let content = match (parts_edit, candidate.get("content")) {
+        (Some((span, parts)), Some(content)) => {
+            let content_span = span_of(data, content).ok_or(Malformed("content"))?;
+            let mut edit = Splice::default();
+            edit.replace(
+                span.start - content_span.start..span.end - content_span.start,
+                parts,
+            );
+            Some(
+                edit.apply(content.get())
+                    .ok_or(Malformed("overlapping edits"))?,
+            )
+        }
+        _ => None,
+    };
+    let members = candidate
+        .0
+        .iter()
+        .filter(|(key, _)| !FINISH_MEMBERS.contains(&key.as_ref()))
+        .map(|(key, value)| {
+            let value = match (key.as_ref(), &content) {
+                ("content", Some(content)) => content.as_str(),
+                _ => value.get(),
+            };
+            (key.as_ref(), value)
+        });
+    splice.replace(candidate_span, OrderedObject::render(members));
+    Ok((true, worth_sending))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1172,7 +1802,6 @@ mod tests {
             assert!(Gemini.matches(&post, &url.parse().unwrap()), "{url}");
         }
         for url in [
-            "https://generativelanguage.googleapis.com/v1beta/models/m:streamGenerateContent?alt=sse",
             "https://generativelanguage.googleapis.com/v1beta/models/m:countTokens",
             "https://generativelanguage.googleapis.com/v1beta/models/m",
             "https://api.example.com/v1/chat/completions",
@@ -1828,7 +2457,7 @@ mod tests {
         ];
         let out = Gemini.finalize(answer, TOOL, &earlier).unwrap().unwrap();
         assert!(
-            out.contains(r#""usageMetadata": {"promptTokenCount":401,"candidatesTokenCount":27,"totalTokenCount":468,"promptTokensDetails":[{"modality":"TEXT","tokenCount":390},{"modality":"IMAGE","tokenCount":10},{"modality":"AUDIO","tokenCount":1}]}, "modelVersion""#),
+            out.contains(r#""usageMetadata": {"promptTokenCount":401,"candidatesTokenCount":27,"totalTokenCount":468,"promptTokensDetails":[{"modality":"TEXT","tokenCount":390},{"modality":"IMAGE","tokenCount":10},{"modality":"AUDIO","tokenCount":1}],"thoughtsTokenCount":40}, "modelVersion""#),
             "{out}"
         );
         // The rest is byte for byte.
@@ -1856,5 +2485,497 @@ mod tests {
         assert!(found[0].query.len() <= MAX_QUESTION_BYTES + 1 + MAX_ARGUMENTS_BYTES);
         assert!(found[0].query.starts_with("why why"));
         assert!(found[0].query.contains("\n{\"pattern\":\"éé"));
+    }
+
+    mod stream {
+        use super::*;
+        use crate::sse::SseParser;
+
+        const LIMIT: usize = 1 << 20;
+        const HASH: &str = "0123456789abcdef01234567";
+
+        fn filter(limit: usize) -> Box<dyn StreamFilter> {
+            Gemini.stream_filter(TOOL, limit)
+        }
+
+        fn events(stream: &str) -> Vec<SseEvent> {
+            let mut parser = SseParser::new(LIMIT);
+            let mut events = Vec::new();
+            parser
+                .push(stream.as_bytes(), |event| events.push(event))
+                .unwrap();
+            parser.finish(|event| events.push(event));
+            events
+        }
+
+        /// One `data:` event per chunk, with CRLF line ends as the API may send them.
+        fn stream(chunks: &[String]) -> String {
+            chunks
+                .iter()
+                .map(|chunk| format!("data: {chunk}\r\n\r\n"))
+                .collect()
+        }
+
+        /// A chunk of the first candidate, in the API's key order.
+        fn chunk(parts: &str, finish: bool, usage: &str, response_id: &str) -> String {
+            let finish = if finish {
+                r#","finishReason": "STOP""#
+            } else {
+                ""
+            };
+            format!(
+                r#"{{"candidates": [{{"content": {{"parts": {parts},"role": "model"}}{finish},"index": 0}}],"usageMetadata": {usage},"modelVersion": "gemini-2.5-flash","responseId": "{response_id}"}}"#
+            )
+        }
+
+        fn ours(id: &str, query: &str, signature: Option<&str>) -> String {
+            let signature =
+                signature.map_or_else(String::new, |s| format!(r#","thoughtSignature": "{s}""#));
+            format!(
+                r#"{{"functionCall": {{"name": "{TOOL}","args": {{"hash": "{HASH}","query": "{query}"}},"id": "{id}"}}{signature}}}"#
+            )
+        }
+
+        /// Feeds every event of `stream`, and returns what the client got after each.
+        fn feed(filter: &mut dyn StreamFilter, stream: &str) -> Vec<Vec<Bytes>> {
+            events(stream)
+                .into_iter()
+                .map(|event| {
+                    let mut out = Vec::new();
+                    filter.event(event, &mut out);
+                    out
+                })
+                .collect()
+        }
+
+        /// The chunks the client got, as JSON.
+        fn chunks_of(out: &[Bytes]) -> Vec<serde_json::Value> {
+            let text: String = out.iter().map(|b| String::from_utf8_lossy(b)).collect();
+            events(&text)
+                .iter()
+                .filter_map(|event| serde_json::from_str(event.data.as_deref()?).ok())
+                .collect()
+        }
+
+        #[test]
+        fn matches_sse_streams_only() {
+            let post = http::Method::POST;
+            for url in [
+                "https://generativelanguage.googleapis.com/v1beta/models/m:streamGenerateContent?alt=sse",
+                "https://generativelanguage.googleapis.com/v1/models/m:streamGenerateContent?key=k&alt=sse",
+                "https://us-central1-aiplatform.googleapis.com/v1beta1/projects/p/locations/l/publishers/google/models/m:streamGenerateContent?alt=sse",
+            ] {
+                assert!(Gemini.matches(&post, &url.parse().unwrap()), "{url}");
+            }
+            for url in [
+                // A streamed JSON array: passes through.
+                "https://generativelanguage.googleapis.com/v1beta/models/m:streamGenerateContent",
+                "https://generativelanguage.googleapis.com/v1beta/models/m:streamGenerateContent?alt=json",
+                "https://generativelanguage.googleapis.com/v1beta/models/m:streamGenerateContent?salt=sse",
+            ] {
+                assert!(!Gemini.matches(&post, &url.parse().unwrap()), "{url}");
+            }
+        }
+
+        #[test]
+        fn without_retrieval_every_event_goes_through_byte_for_byte() {
+            let upstream = format!(
+                ": keep-alive\r\n\r\n{}",
+                stream(&[
+                    chunk(
+                        r#"[{"text": "Thinking it over","thought": true}]"#,
+                        false,
+                        r#"{"promptTokenCount": 10,"totalTokenCount": 10}"#,
+                        "r1"
+                    ),
+                    chunk(
+                        r#"[{"text": "The card \u00e9"}]"#,
+                        false,
+                        r#"{"promptTokenCount": 10,"totalTokenCount": 12}"#,
+                        "r1"
+                    ),
+                    chunk(
+                        r#"[{"text": " was declined.","thoughtSignature": "SIG"}]"#,
+                        true,
+                        r#"{"promptTokenCount": 10,"candidatesTokenCount": 5,"totalTokenCount": 15}"#,
+                        "r1"
+                    ),
+                ])
+            );
+            let mut filter = filter(LIMIT);
+            let outs = feed(filter.as_mut(), &upstream);
+            let sent: Vec<usize> = outs.iter().map(Vec::len).collect();
+            assert_eq!(sent, [1, 1, 1, 0], "forwarded as they come, the last held");
+            let response = filter.end_round().unwrap();
+            assert_eq!(Gemini.read_turn(&response, TOOL).unwrap(), Turn::Other);
+            let value: serde_json::Value = serde_json::from_str(&response).unwrap();
+            assert_eq!(
+                value["candidates"][0]["content"]["parts"],
+                serde_json::json!([
+                    {"text": "Thinking it over", "thought": true},
+                    {"text": "The card \u{e9}"},
+                    {"text": " was declined.", "thoughtSignature": "SIG"}
+                ])
+            );
+            assert_eq!(value["usageMetadata"]["totalTokenCount"], 15);
+            let mut last = Vec::new();
+            filter.finish(&mut last);
+            let all: Vec<u8> = outs
+                .into_iter()
+                .flatten()
+                .chain(last)
+                .flat_map(|b| b.to_vec())
+                .collect();
+            assert_eq!(String::from_utf8(all).unwrap(), upstream);
+        }
+
+        /// A round that only retrieves (thoughts, then the call with the turn's signature), then
+        /// the answer.
+        fn two_rounds() -> (String, String) {
+            let first = stream(&[
+                chunk(
+                    r#"[{"text": "Looking","thought": true}]"#,
+                    false,
+                    r#"{"promptTokenCount": 100,"totalTokenCount": 100}"#,
+                    "r1",
+                ),
+                chunk(
+                    r#"[{"text": " at the log","thought": true}]"#,
+                    false,
+                    r#"{"promptTokenCount": 100,"totalTokenCount": 120}"#,
+                    "r1",
+                ),
+                chunk(
+                    &format!("[{}]", ours("fc-1", "declined", Some("SIG1"))),
+                    true,
+                    r#"{"promptTokenCount": 100,"candidatesTokenCount": 20,"totalTokenCount": 160,"promptTokensDetails": [{"modality": "TEXT","tokenCount": 100}],"thoughtsTokenCount": 40}"#,
+                    "r1",
+                ),
+            ]);
+            let second = stream(&[
+                chunk(
+                    r#"[{"text": "The card"}]"#,
+                    false,
+                    r#"{"promptTokenCount": 300,"totalTokenCount": 300}"#,
+                    "r2",
+                ),
+                chunk(
+                    r#"[{"text": " was declined."}]"#,
+                    true,
+                    r#"{"promptTokenCount": 300,"candidatesTokenCount": 7,"totalTokenCount": 307,"promptTokensDetails": [{"modality": "TEXT","tokenCount": 300}]}"#,
+                    "r2",
+                ),
+            ]);
+            (first, second)
+        }
+
+        #[test]
+        fn a_retrieval_round_is_answered_and_the_next_one_spliced_in() {
+            let (first, second) = two_rounds();
+            let mut filter = filter(LIMIT);
+            let outs = feed(filter.as_mut(), &first);
+            assert_eq!(outs[0].len(), 1, "the first thought goes at once");
+            assert_eq!(
+                &outs[0][0][..],
+                first.split_inclusive("\r\n\r\n").next().unwrap().as_bytes()
+            );
+            assert!(outs[2].is_empty(), "the call is held");
+            let response = filter.end_round().unwrap();
+            let arguments = format!(r#"{{"hash": "{HASH}","query": "declined"}}"#);
+            assert_eq!(
+                Gemini.read_turn(&response, TOOL).unwrap(),
+                Turn::Retrieve(vec![Call {
+                    id: "fc-1".into(),
+                    arguments
+                }])
+            );
+            // The continuation replays the turn: thoughts joined, the call and its signature as
+            // they came.
+            let request = r#"{"contents":[{"role":"user","parts":[{"text":"q"}]}]}"#;
+            let answer = [Answer {
+                call_id: "fc-1".into(),
+                text: "ERROR card declined".into(),
+            }];
+            let next = Gemini
+                .continuation(request, &response, &answer, false)
+                .unwrap();
+            let expected_turn = format!(
+                r#"{{"role":"model","parts":[{{"text":"Looking at the log","thought":true}},{}]}}"#,
+                ours("fc-1", "declined", Some("SIG1"))
+            );
+            assert!(next.contains(&expected_turn), "{next}");
+            assert!(next.ends_with(r#"{"role":"user","parts":[{"functionResponse":{"name":"ccr_retrieve","id":"fc-1","response":{"output":"ERROR card declined"}}}]}]}"#), "{next}");
+            filter.next_round();
+
+            let outs2 = feed(filter.as_mut(), &second);
+            assert!(filter.end_round().is_some());
+            let mut last = Vec::new();
+            filter.finish(&mut last);
+            let client: Vec<Bytes> = outs
+                .into_iter()
+                .chain(outs2)
+                .flatten()
+                .chain(last)
+                .collect();
+            let text: String = client.iter().map(|b| String::from_utf8_lossy(b)).collect();
+            assert!(!text.contains(TOOL) && !text.contains("SIG1"), "{text}");
+            let chunks = chunks_of(&client);
+            assert_eq!(chunks.len(), 4, "{text}");
+            let finishes: Vec<bool> = chunks
+                .iter()
+                .map(|c| c["candidates"][0].get("finishReason").is_some())
+                .collect();
+            assert_eq!(finishes, [false, false, false, true], "one end");
+            let texts: Vec<&str> = chunks
+                .iter()
+                .map(|c| {
+                    c["candidates"][0]["content"]["parts"][0]["text"]
+                        .as_str()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(
+                texts,
+                ["Looking", " at the log", "The card", " was declined."]
+            );
+            // Every usage after the first round counts it too; the last is the sum.
+            assert_eq!(chunks[2]["usageMetadata"]["promptTokenCount"], 400);
+            assert_eq!(
+                chunks[3]["usageMetadata"],
+                serde_json::json!({"promptTokenCount": 400, "candidatesTokenCount": 27,
+                    "totalTokenCount": 467, "thoughtsTokenCount": 40,
+                    "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 400}]})
+            );
+            // The rest of a summed chunk is as it came.
+            let last_event = second.split_inclusive("\r\n\r\n").last().unwrap();
+            let last_text = String::from_utf8_lossy(client.last().unwrap());
+            let usage_at = last_event.find("\"usageMetadata\"").unwrap();
+            assert!(
+                last_text.starts_with(&last_event[..usage_at]),
+                "{last_text}"
+            );
+            assert!(
+                last_text.ends_with(
+                    ",\"modelVersion\": \"gemini-2.5-flash\",\"responseId\": \"r2\"}\n\n"
+                )
+            );
+        }
+
+        #[test]
+        fn what_came_with_a_retrieval_call_still_reaches_the_client() {
+            // The round's last chunk has text as well as our call: the text goes out (without
+            // the finishReason) once the next round starts.
+            let first = stream(&[chunk(
+                &format!(
+                    r#"[{{"text": "Let me look."}},{}]"#,
+                    ours("fc-1", "x", None)
+                ),
+                true,
+                r#"{"promptTokenCount": 1,"totalTokenCount": 2}"#,
+                "r1",
+            )]);
+            let mut filter = filter(LIMIT);
+            assert!(feed(filter.as_mut(), &first)[0].is_empty());
+            let response = filter.end_round().unwrap();
+            assert!(
+                matches!(Gemini.read_turn(&response, TOOL).unwrap(), Turn::Retrieve(calls) if calls[0].id == "fc-1")
+            );
+            filter.next_round();
+            let second = stream(&[chunk(
+                r#"[{"text": "Done."}]"#,
+                true,
+                r#"{"promptTokenCount": 3,"totalTokenCount": 4}"#,
+                "r2",
+            )]);
+            let outs = feed(filter.as_mut(), &second);
+            assert_eq!(
+                String::from_utf8_lossy(&outs[0][0]),
+                "data: {\"candidates\": [{\"content\":{\"parts\": [{\"text\": \"Let me look.\"}],\"role\": \"model\"},\"index\":0}],\"usageMetadata\": {\"promptTokenCount\": 1,\"totalTokenCount\": 2},\"modelVersion\": \"gemini-2.5-flash\",\"responseId\": \"r1\"}\n\n"
+            );
+            assert_eq!(outs[0].len(), 1, "the new round's end is held");
+            let mut last = Vec::new();
+            filter.finish(&mut last);
+            let chunks = chunks_of(&last);
+            assert_eq!(chunks[0]["usageMetadata"]["totalTokenCount"], 6);
+        }
+
+        #[test]
+        fn a_mixed_turn_loses_our_call_and_moves_its_signature() {
+            let upstream = stream(&[
+                chunk(
+                    r#"[{"text": "Checking."}]"#,
+                    false,
+                    r#"{"promptTokenCount": 5,"totalTokenCount": 5}"#,
+                    "r1",
+                ),
+                chunk(
+                    &format!("[{}]", ours("fc-1", "x", Some("SIG1"))),
+                    false,
+                    r#"{"promptTokenCount": 5,"totalTokenCount": 6}"#,
+                    "r1",
+                ),
+                chunk(
+                    r#"[{"functionCall": {"name": "bash","args": {"cmd": "ls"},"id": "fc-2"}}]"#,
+                    true,
+                    r#"{"promptTokenCount": 5,"candidatesTokenCount": 3,"totalTokenCount": 8}"#,
+                    "r1",
+                ),
+            ]);
+            let mut filter = filter(LIMIT);
+            let outs = feed(filter.as_mut(), &upstream);
+            assert_eq!(outs[0].len(), 1);
+            assert!(outs[1].is_empty(), "a chunk with only our call is dropped");
+            assert!(outs[2].is_empty(), "the end is held");
+            let response = filter.end_round().unwrap();
+            assert_eq!(Gemini.read_turn(&response, TOOL).unwrap(), Turn::Other);
+            let mut last = Vec::new();
+            filter.finish(&mut last);
+            assert_eq!(
+                String::from_utf8_lossy(&last[0]),
+                "data: {\"candidates\": [{\"content\": {\"parts\": [{\"functionCall\":{\"name\": \"bash\",\"args\": {\"cmd\": \"ls\"},\"id\": \"fc-2\"},\"thoughtSignature\":\"SIG1\"}],\"role\": \"model\"},\"finishReason\": \"STOP\",\"index\": 0}],\"usageMetadata\": {\"promptTokenCount\": 5,\"candidatesTokenCount\": 3,\"totalTokenCount\": 8},\"modelVersion\": \"gemini-2.5-flash\",\"responseId\": \"r1\"}\n\n"
+            );
+
+            // Ours and the client's in one chunk; a client call with its own signature keeps it.
+            let both = stream(&[chunk(
+                &format!(
+                    r#"[{},{{"functionCall": {{"name": "ls","args": {{}}}},"thoughtSignature": "THEIRS"}}]"#,
+                    ours("fc-1", "x", Some("SIG1"))
+                ),
+                true,
+                "{}",
+                "r1",
+            )]);
+            let mut filter = Gemini.stream_filter(TOOL, LIMIT);
+            feed(filter.as_mut(), &both);
+            assert_eq!(
+                Gemini
+                    .read_turn(&filter.end_round().unwrap(), TOOL)
+                    .unwrap(),
+                Turn::Other
+            );
+            let mut last = Vec::new();
+            filter.finish(&mut last);
+            let chunks = chunks_of(&last);
+            assert_eq!(
+                chunks[0]["candidates"][0]["content"]["parts"],
+                serde_json::json!([{"functionCall": {"name": "ls", "args": {}}, "thoughtSignature": "THEIRS"}])
+            );
+        }
+
+        #[test]
+        fn a_final_chunk_with_only_our_call_keeps_an_empty_part() {
+            // The model ignored the forced last round: its call goes, the end stays, with a
+            // part (google-genai chats drop a streamed turn with a chunk without parts).
+            let upstream = stream(&[
+                chunk(r#"[{"text": "Hm."}]"#, false, "{}", "r1"),
+                chunk(&format!("[{}]", ours("fc-1", "x", None)), true, "{}", "r1"),
+            ]);
+            let mut filter = filter(LIMIT);
+            feed(filter.as_mut(), &upstream);
+            let mut last = Vec::new();
+            filter.finish(&mut last);
+            let chunks = chunks_of(&last);
+            assert_eq!(
+                chunks[0]["candidates"][0],
+                serde_json::json!({"content": {"parts": [{"text": ""}], "role": "model"},
+                    "finishReason": "STOP", "index": 0})
+            );
+        }
+
+        #[test]
+        fn an_upstream_error_is_forwarded_and_ends_the_round() {
+            let error = r#"{"error": {"code": 503,"message": "The model is overloaded.","status": "UNAVAILABLE"}}"#;
+            let upstream = format!(
+                "{}data: {error}\r\n\r\n",
+                stream(&[chunk(r#"[{"text": "Par"}]"#, false, "{}", "r1")])
+            );
+            let mut filter = filter(LIMIT);
+            let outs = feed(filter.as_mut(), &upstream);
+            assert_eq!(outs[1].len(), 1);
+            assert_eq!(
+                String::from_utf8_lossy(&outs[1][0]),
+                format!("data: {error}\r\n\r\n")
+            );
+            assert!(filter.end_round().is_none());
+            let mut last = Vec::new();
+            filter.finish(&mut last);
+            assert!(last.is_empty());
+        }
+
+        #[test]
+        fn an_unfinished_round_is_not_continued() {
+            let upstream = stream(&[chunk(
+                &format!("[{}]", ours("fc-1", "x", None)),
+                false,
+                "{}",
+                "r1",
+            )]);
+            let mut filter = filter(LIMIT);
+            let outs = feed(filter.as_mut(), &upstream);
+            assert!(outs[0].is_empty(), "ours is dropped all the same");
+            assert!(filter.end_round().is_none());
+            // Non-JSON data and comments go through as they came.
+            let odd = "data: not json\n\n: ping\n\n";
+            let outs = feed(filter.as_mut(), odd);
+            assert_eq!(&outs[0][0][..], b"data: not json\n\n");
+            assert_eq!(&outs[1][0][..], b": ping\n\n");
+        }
+
+        #[test]
+        fn past_the_limit_the_round_is_given_up_and_nothing_is_held() {
+            let long = "x".repeat(200);
+            let upstream = stream(&[
+                chunk(&format!(r#"[{{"text": "{long}"}}]"#), false, "{}", "r1"),
+                chunk(&format!("[{}]", ours("fc-1", "x", None)), true, "{}", "r1"),
+            ]);
+            let mut filter = filter(100);
+            let outs = feed(filter.as_mut(), &upstream);
+            assert_eq!(outs[0].len(), 1);
+            // The end goes at once, without our call.
+            let chunks = chunks_of(&outs[1]);
+            assert_eq!(chunks[0]["candidates"][0]["finishReason"], "STOP");
+            assert!(!String::from_utf8_lossy(&outs[1][0]).contains(TOOL));
+            assert!(filter.end_round().is_none());
+            let mut last = Vec::new();
+            filter.finish(&mut last);
+            assert!(last.is_empty());
+            // Several candidates are no turn to continue either.
+            let two = r#"{"candidates": [{"content": {"parts": [{"text": "a"}]},"finishReason": "STOP","index": 0},{"content": {"parts": [{"text": "b"}]},"finishReason": "STOP","index": 1}]}"#;
+            let mut filter = Gemini.stream_filter(TOOL, LIMIT);
+            let outs = feed(filter.as_mut(), &format!("data: {two}\n\n"));
+            assert_eq!(outs[0].len(), 1);
+            assert!(filter.end_round().is_none());
+        }
+
+        #[test]
+        fn the_error_event_is_one_the_sdk_raises() {
+            let (first, _) = two_rounds();
+            let with_text = first.replace(
+                &format!("[{}]", ours("fc-1", "declined", Some("SIG1"))),
+                &format!(
+                    r#"[{{"text": "Reading."}},{}]"#,
+                    ours("fc-1", "declined", Some("SIG1"))
+                ),
+            );
+            let mut filter = filter(LIMIT);
+            feed(filter.as_mut(), &with_text);
+            assert!(filter.end_round().is_some());
+            filter.next_round();
+            let error = filter.error_event("the continuation failed: \"timeout\"");
+            let chunks = chunks_of(std::slice::from_ref(&error));
+            assert_eq!(chunks.len(), 2, "what the model said, then the error");
+            assert_eq!(
+                chunks[0]["candidates"][0]["content"]["parts"][0]["text"],
+                "Reading."
+            );
+            assert!(chunks[0]["candidates"][0].get("finishReason").is_none());
+            assert_eq!(
+                chunks[1],
+                serde_json::json!({"error": {"code": 500,
+                    "message": "the continuation failed: \"timeout\"", "status": "INTERNAL"}})
+            );
+            // google-genai raises on a chunk whose JSON, re-serialised, starts so.
+            assert!(String::from_utf8_lossy(&error).contains("\ndata: {\"error\":{\"code\":500,"));
+        }
     }
 }

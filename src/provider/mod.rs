@@ -9,11 +9,13 @@ mod openai_responses;
 use std::fmt;
 use std::ops::Range;
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::json::{
     OrderedObject, Splice, array_append_point, is_null, object_append_point, span_of,
 };
+pub(crate) use crate::sse::SseEvent;
 
 pub(crate) use anthropic::AnthropicMessages;
 pub(crate) use gemini::Gemini;
@@ -244,6 +246,18 @@ pub(crate) trait Adapter: Send + Sync {
         None
     }
 
+    /// Makes `request` continue the upstream turn `to` instead of the one it names: the
+    /// client was shown a streamed response under its first round's id, and the turn is whole
+    /// only in its last round's response.
+    fn redirect_history(
+        &self,
+        _request: &str,
+        _to: &str,
+        _splice: &mut Splice,
+    ) -> Result<(), Malformed> {
+        Err(Malformed("this API keeps no history upstream"))
+    }
+
     /// Retrieval calls in a final response that the layer strips although the upstream keeps
     /// them (a stored OpenAI Response: a mixed turn, or a model that ignored the forced last
     /// round): the next request continuing that response must carry their answers, or the
@@ -281,6 +295,10 @@ pub(crate) trait Adapter: Send + Sync {
         force_final: bool,
     ) -> Result<String, Malformed>;
 
+    /// The state of one streamed exchange (`stream: true`, answered with `text/event-stream`).
+    /// `limit` bounds the bytes the filter may hold for one round.
+    fn stream_filter(&self, tool_name: &str, limit: usize) -> Box<dyn StreamFilter>;
+
     /// The response for the client: retrieval calls removed, usage summed with `earlier`
     /// rounds. `None` when the response needs no change.
     fn finalize(
@@ -289,6 +307,38 @@ pub(crate) trait Adapter: Send + Sync {
         tool_name: &str,
         earlier_usage: &[serde_json::Value],
     ) -> Result<Option<String>, Malformed>;
+}
+
+/// What the client gets of a streamed exchange, for one API shape. The service hands it the
+/// upstream events of each round in order, and asks it what the client gets: every event as it
+/// arrives, except the events of retrieval calls (always dropped, the indexes of the rest kept
+/// consistent) and the events that end a round (held until the service knows whether another
+/// round follows). Across rounds the client sees one response: one start, one end, usage
+/// summed over the rounds.
+pub(crate) trait StreamFilter: Send {
+    /// One upstream event of the current round. What the client gets now goes to `out`.
+    fn event(&mut self, event: SseEvent, out: &mut Vec<Bytes>);
+
+    /// The round's upstream stream ended. Returns the round's response assembled as this API's
+    /// non-streamed response body (for [`Adapter::read_turn`], [`Adapter::continuation`],
+    /// [`Adapter::response_id`], [`Adapter::unsettled_calls`]); `None` when the round did not
+    /// end as it should (no final event, an error event, over the limit): it is not continued.
+    fn end_round(&mut self) -> Option<String>;
+
+    /// Whether the round's stream ended before its final event without an error event from
+    /// the upstream: a continuation cut short, which the client must be told about.
+    fn cut_short(&self) -> bool;
+
+    /// Another round follows: drop what was held back of the round that ended (its usage is
+    /// kept for the sum).
+    fn next_round(&mut self);
+
+    /// No round follows: push what was held back, with usage summed over every round.
+    fn finish(&mut self, out: &mut Vec<Bytes>);
+
+    /// An event telling the client that the exchange failed after the stream began, in this
+    /// API's format; the stream ends after it.
+    fn error_event(&mut self, message: &str) -> Bytes;
 }
 
 static ADAPTERS: &[&dyn Adapter] = &[&OpenAiChat, &OpenAiResponses, &AnthropicMessages, &Gemini];

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
     Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, MAX_ARGUMENTS_BYTES, MAX_QUESTION_BYTES,
-    Malformed, QUERY_DESCRIPTION, TOOL_DESCRIPTION, ToolOutput, Turn, append_to_root_array, array,
-    object, set_root_member, sum_root_usage, truncated,
+    Malformed, QUERY_DESCRIPTION, SseEvent, StreamFilter, TOOL_DESCRIPTION, ToolOutput, Turn,
+    append_to_root_array, array, object, set_root_member, sum_root_usage, truncated,
 };
 use crate::json::{Field, OrderedObject, Splice, is_null, quote, span_of, string_value};
 
@@ -41,7 +42,9 @@ struct ResponseCall<'a> {
 
 impl<'a> ResponseCall<'a> {
     fn read(raw: &'a RawValue) -> Result<Self, Malformed> {
-        let members = object(raw.get())?;
+        // A call that is not an object is kept as it is, with no name: one odd element must
+        // not make the whole response unreadable (our calls would then reach the client).
+        let members = object(raw.get()).unwrap_or(OrderedObject(Vec::new()));
         let function = members.get("function").and_then(|f| object(f.get()).ok());
         let name = function
             .as_ref()
@@ -148,8 +151,6 @@ struct ChatRequest<'a> {
     tools: Field<'a>,
     #[serde(borrow, default)]
     tool_choice: Field<'a>,
-    #[serde(borrow, default)]
-    stream: Field<'a>,
     #[serde(borrow, default)]
     n: Field<'a>,
     #[serde(borrow, default)]
@@ -268,6 +269,590 @@ impl<'a> Context<'a> {
     }
 }
 
+/// A tool call streamed as `delta.tool_calls` fragments, merged by `index`.
+struct StreamedCall {
+    /// Whose call it is, known from its name: `None` until a fragment names it.
+    owner: Option<Owner>,
+    /// Fragments of a call not named yet, held until it is.
+    pending: Vec<String>,
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The retrieval tool's: none of its fragments reach the client.
+    Layer,
+    /// The client's, with the index the client sees.
+    Client(u64),
+}
+
+/// An ending event of a round (the chunk with `finish_reason` and all after it: the usage
+/// chunk, `[DONE]`), held until the layer knows whether another round follows.
+struct HeldChunk {
+    raw: Bytes,
+    /// The chunk's JSON as the client would get it, when it was rewritten or is JSON.
+    data: Option<String>,
+    changed: bool,
+}
+
+/// The client's view of a streamed Chat Completion (see [`StreamFilter`]).
+pub(crate) struct ChatStream {
+    tool_name: String,
+    limit: usize,
+    /// The first round's completion id, which the chunks of later rounds carry too: the client
+    /// reads one completion.
+    first_id: Option<String>,
+    earlier_usage: Vec<serde_json::Value>,
+    round: usize,
+    // The current round.
+    calls: Vec<StreamedCall>,
+    /// Upstream index -> position in `calls` (a stream may open many calls).
+    call_positions: HashMap<u64, usize>,
+    client_calls: u64,
+    /// The string members of the deltas (content, refusal, reasoning…), concatenated.
+    texts: Vec<(String, String)>,
+    id: Option<String>,
+    model: Option<String>,
+    created: Option<String>,
+    finish_reason: Option<String>,
+    usage: Option<serde_json::Value>,
+    held: Vec<HeldChunk>,
+    /// Bytes assembled and held this round.
+    bytes: usize,
+    /// More than the limit came: nothing more is assembled or held, and the round is not
+    /// continued.
+    over_limit: bool,
+    failed: bool,
+}
+
+impl ChatStream {
+    fn new(tool_name: &str, limit: usize) -> Self {
+        Self {
+            tool_name: tool_name.to_owned(),
+            limit,
+            first_id: None,
+            earlier_usage: Vec::new(),
+            round: 0,
+            calls: Vec::new(),
+            call_positions: HashMap::new(),
+            client_calls: 0,
+            texts: Vec::new(),
+            id: None,
+            model: None,
+            created: None,
+            finish_reason: None,
+            usage: None,
+            held: Vec::new(),
+            bytes: 0,
+            over_limit: false,
+            failed: false,
+        }
+    }
+
+    /// Counts bytes kept for the round; past the limit nothing more is.
+    fn keep(&mut self, bytes: usize) -> bool {
+        self.bytes += bytes;
+        if self.bytes > self.limit && !self.over_limit {
+            self.over_limit = true;
+            self.texts.clear();
+            for call in &mut self.calls {
+                call.arguments.clear();
+            }
+        }
+        !self.over_limit
+    }
+
+    /// `fragment` with the client's index.
+    fn renumbered(fragment: &str, client_index: u64) -> String {
+        let Ok(members) = object(fragment) else {
+            return fragment.to_owned();
+        };
+        let client_index = client_index.to_string();
+        OrderedObject::render(members.0.iter().map(|(key, value)| {
+            if key == "index" {
+                (key.as_ref(), client_index.as_str())
+            } else {
+                (key.as_ref(), value.get())
+            }
+        }))
+    }
+
+    /// Takes in one fragment of `delta.tool_calls`; returns what the client gets of it now
+    /// (nothing for the retrieval tool's fragments or a call not named yet; the held fragments
+    /// too once a fragment names the client's call).
+    fn call_fragment(&mut self, fragment: &RawValue) -> Vec<String> {
+        let Ok(members) = object(fragment.get()) else {
+            return vec![fragment.get().to_owned()];
+        };
+        let Some(index) = members
+            .get("index")
+            .and_then(|i| i.get().parse::<u64>().ok())
+        else {
+            return vec![fragment.get().to_owned()];
+        };
+        let function = members.get("function").and_then(|f| object(f.get()).ok());
+        let text_of = |value: Option<&RawValue>| {
+            value
+                .and_then(string_value)
+                .map(|v| v.into_owned())
+                .unwrap_or_default()
+        };
+        let id = text_of(members.get("id"));
+        let name = text_of(function.as_ref().and_then(|f| f.get("name")));
+        let arguments = match function.as_ref().and_then(|f| f.get("arguments")) {
+            Some(raw) if !is_null(raw) => {
+                string_value(raw).map_or_else(|| raw.get().to_owned(), |a| a.into_owned())
+            }
+            _ => String::new(),
+        };
+        let assemble = self.keep(id.len() + name.len() + arguments.len());
+        let position = *self.call_positions.entry(index).or_insert_with(|| {
+            self.calls.push(StreamedCall {
+                owner: None,
+                pending: Vec::new(),
+                id: String::new(),
+                name: String::new(),
+                arguments: String::new(),
+            });
+            self.calls.len() - 1
+        });
+        let call = &mut self.calls[position];
+        // Servers that resend the id or name in later fragments: keep the first.
+        if call.id.is_empty() {
+            call.id = id;
+        }
+        if call.name.is_empty() {
+            call.name = name;
+        }
+        if assemble {
+            call.arguments.push_str(&arguments);
+        }
+        if call.owner.is_none() && !call.name.is_empty() {
+            // A call is the retrieval tool's by its name.
+            call.owner = Some(if call.name == self.tool_name {
+                Owner::Layer
+            } else {
+                self.client_calls += 1;
+                Owner::Client(self.client_calls - 1)
+            });
+        }
+        match call.owner {
+            None => {
+                call.pending.push(fragment.get().to_owned());
+                Vec::new()
+            }
+            Some(Owner::Layer) => {
+                call.pending.clear();
+                Vec::new()
+            }
+            Some(Owner::Client(client_index)) => {
+                let mut out: Vec<String> = std::mem::take(&mut call.pending)
+                    .iter()
+                    .map(|pending| Self::renumbered(pending, client_index))
+                    .collect();
+                out.push(if client_index == index {
+                    fragment.get().to_owned()
+                } else {
+                    Self::renumbered(fragment.get(), client_index)
+                });
+                out
+            }
+        }
+    }
+
+    /// The round ends: calls never named are the client's, and get their held fragments out.
+    fn unnamed_calls_fragments(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for call in &mut self.calls {
+            if call.owner.is_none() {
+                self.client_calls += 1;
+                let client_index = self.client_calls - 1;
+                call.owner = Some(Owner::Client(client_index));
+                out.extend(
+                    std::mem::take(&mut call.pending)
+                        .iter()
+                        .map(|pending| Self::renumbered(pending, client_index)),
+                );
+            }
+        }
+        out
+    }
+
+    /// A choice of a chunk as the client gets it (`None`: unchanged), taking its delta in.
+    fn choice(&mut self, choice: &RawValue) -> Option<String> {
+        let members = object(choice.get()).ok()?;
+        if members.get("index").is_some_and(|i| i.get() != "0") {
+            return None; // One choice only is compressed (n > 1 passes through).
+        }
+        let finishes = match members
+            .get("finish_reason")
+            .filter(|r| !is_null(r))
+            .and_then(string_value)
+        {
+            Some(reason) => {
+                self.finish_reason = Some(reason.into_owned());
+                true
+            }
+            None => false,
+        };
+        let delta_raw = members.get("delta")?;
+        let delta = object(delta_raw.get()).ok()?;
+        let mut changed = false;
+        let mut kept_calls: Vec<String> = Vec::new();
+        let mut kept_members: Vec<(&str, String)> = Vec::with_capacity(delta.0.len() + 1);
+        for (key, value) in &delta.0 {
+            match key.as_ref() {
+                // Later rounds continue the first one's message: a second role would be
+                // concatenated to the first by accumulating clients.
+                "role" if self.round > 0 => changed = true,
+                "tool_calls" if !is_null(value) => {
+                    let Ok(fragments) = array(value.get()) else {
+                        kept_members.push((key.as_ref(), value.get().to_owned()));
+                        continue;
+                    };
+                    for fragment in &fragments {
+                        kept_calls.extend(self.call_fragment(fragment));
+                    }
+                    let same = kept_calls.len() == fragments.len()
+                        && kept_calls.iter().zip(&fragments).all(|(k, f)| k == f.get());
+                    changed |= !same;
+                    kept_members.push((key.as_ref(), String::new()));
+                }
+                name => {
+                    if let Some(text) = string_value(value)
+                        && self.keep(text.len())
+                    {
+                        match self.texts.iter_mut().find(|(key, _)| key == name) {
+                            Some((_, joined)) => joined.push_str(&text),
+                            None => self.texts.push((name.to_owned(), text.into_owned())),
+                        }
+                    }
+                    kept_members.push((key.as_ref(), value.get().to_owned()));
+                }
+            }
+        }
+        if finishes {
+            let flushed = self.unnamed_calls_fragments();
+            if !flushed.is_empty() {
+                changed = true;
+                if !kept_members.iter().any(|(key, _)| *key == "tool_calls") {
+                    kept_members.push(("tool_calls", String::new()));
+                }
+                kept_calls.extend(flushed);
+            }
+        }
+        if !changed {
+            return None;
+        }
+        let rendered_calls = format!("[{}]", kept_calls.join(","));
+        let delta = OrderedObject::render(
+            kept_members
+                .iter()
+                .filter(|(key, _)| *key != "tool_calls" || !kept_calls.is_empty())
+                .map(|(key, value)| {
+                    if *key == "tool_calls" {
+                        (*key, rendered_calls.as_str())
+                    } else {
+                        (*key, value.as_str())
+                    }
+                }),
+        );
+        Some(OrderedObject::render(members.0.iter().map(
+            |(key, value)| {
+                if key == "delta" {
+                    (key.as_ref(), delta.as_str())
+                } else {
+                    (key.as_ref(), value.get())
+                }
+            },
+        )))
+    }
+
+    /// A chunk as the client gets it (`None`: unchanged), whether nothing is left of it once
+    /// the retrieval tool's fragments are gone, and whether it is the usage chunk.
+    fn chunk(&mut self, data: &str) -> Option<(Option<String>, bool, bool)> {
+        let chunk = object(data).ok()?;
+        let text_of = |key: &str| {
+            chunk
+                .get(key)
+                .and_then(string_value)
+                .map(|v| v.into_owned())
+        };
+        if self.id.is_none() {
+            self.id = text_of("id");
+            self.model = text_of("model");
+            self.created = chunk.get("created").map(|c| c.get().to_owned());
+        }
+        if self.first_id.is_none() {
+            self.first_id = self.id.clone();
+        }
+        let usage = chunk.get("usage").filter(|u| !is_null(u));
+        if let Some(usage) = usage {
+            self.usage = serde_json::from_str(usage.get()).ok();
+        }
+        // `stream_options.include_usage`: a last chunk with no choices and the round's usage.
+        let usage_chunk = usage.is_some()
+            && chunk
+                .get("choices")
+                .and_then(|c| array(c.get()).ok())
+                .is_some_and(|c| c.is_empty());
+        let replace_id =
+            self.round > 0 && self.first_id.is_some() && text_of("id") != self.first_id;
+        let first_id = self.first_id.as_deref().map(quote).unwrap_or_default();
+        let mut changed = replace_id;
+        let mut emptied = false;
+        let mut choices_text = None;
+        if let Some(choices) = chunk.get("choices").and_then(|c| array(c.get()).ok()) {
+            let mut rendered = Vec::with_capacity(choices.len());
+            for choice in &choices {
+                match self.choice(choice) {
+                    Some(text) => {
+                        changed = true;
+                        // A chunk that carried only the retrieval tool's fragments.
+                        emptied |= choices.len() == 1 && is_bare_choice(&text);
+                        rendered.push(text);
+                    }
+                    None => rendered.push(choice.get().to_owned()),
+                }
+            }
+            choices_text = Some(format!("[{}]", rendered.join(",")));
+        }
+        if !changed {
+            return Some((None, false, usage_chunk));
+        }
+        let choices_text = choices_text.unwrap_or_default();
+        let rendered =
+            OrderedObject::render(chunk.0.iter().map(|(key, value)| match key.as_ref() {
+                "id" if replace_id => (key.as_ref(), first_id.as_str()),
+                "choices" if !choices_text.is_empty() => (key.as_ref(), choices_text.as_str()),
+                _ => (key.as_ref(), value.get()),
+            }));
+        let emptied = emptied && usage.is_none();
+        Some((Some(rendered), emptied, usage_chunk))
+    }
+
+    /// The round's completion, as a non-streamed response.
+    fn assembled(&self) -> String {
+        let mut message: Vec<(String, String)> = vec![("role".into(), "\"assistant\"".into())];
+        let content = self
+            .texts
+            .iter()
+            .find(|(key, _)| key == "content")
+            .map(|(_, text)| text.as_str())
+            .filter(|text| !text.is_empty());
+        message.push((
+            "content".into(),
+            content.map_or_else(|| "null".into(), quote),
+        ));
+        for (key, text) in &self.texts {
+            if key != "content" && !text.is_empty() {
+                message.push((key.clone(), quote(text)));
+            }
+        }
+        if !self.calls.is_empty() {
+            let calls: Vec<String> = self
+                .calls
+                .iter()
+                .map(|call| {
+                    let function = OrderedObject::render([
+                        ("name", quote(&call.name).as_str()),
+                        ("arguments", quote(&call.arguments).as_str()),
+                    ]);
+                    let id = quote(&call.id);
+                    let mut members =
+                        vec![("type", "\"function\""), ("function", function.as_str())];
+                    if !call.id.is_empty() {
+                        members.insert(0, ("id", id.as_str()));
+                    }
+                    OrderedObject::render(members)
+                })
+                .collect();
+            message.push(("tool_calls".into(), format!("[{}]", calls.join(","))));
+        }
+        let message = OrderedObject::render(message.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let finish_reason = self
+            .finish_reason
+            .as_deref()
+            .map_or_else(|| "null".into(), quote);
+        let choice = OrderedObject::render([
+            ("index", "0"),
+            ("message", message.as_str()),
+            ("finish_reason", finish_reason.as_str()),
+        ]);
+        let usage = self
+            .usage
+            .as_ref()
+            .map_or_else(|| "null".into(), |usage| usage.to_string());
+        let id = self.id.as_deref().map_or_else(|| "\"\"".into(), quote);
+        let model = self.model.as_deref().map_or_else(|| "\"\"".into(), quote);
+        let created = self.created.clone().unwrap_or_else(|| "0".into());
+        OrderedObject::render([
+            ("id", id.as_str()),
+            ("object", "\"chat.completion\""),
+            ("created", created.as_str()),
+            ("model", model.as_str()),
+            ("choices", format!("[{choice}]").as_str()),
+            ("usage", usage.as_str()),
+        ])
+    }
+
+    /// Sends the held ending chunks: a finish reason of `tool_calls` becomes `stop` when the
+    /// only calls were ours, and the usage is summed over the rounds.
+    fn release(&mut self, out: &mut Vec<Bytes>) {
+        let only_ours = !self.calls.is_empty()
+            && self
+                .calls
+                .iter()
+                .all(|call| call.owner == Some(Owner::Layer));
+        for held in std::mem::take(&mut self.held) {
+            let Some(data) = held.data else {
+                out.push(held.raw);
+                continue;
+            };
+            let mut splice = Splice::default();
+            if let Ok(chunk) = object(&data) {
+                if only_ours
+                    && let Some(choices) = chunk.get("choices").and_then(|c| array(c.get()).ok())
+                {
+                    for choice in choices {
+                        if let Ok(choice) = object(choice.get())
+                            && let Some(reason) = choice
+                                .get("finish_reason")
+                                .filter(|r| r.get() == "\"tool_calls\"")
+                            && let Some(span) = span_of(&data, reason)
+                        {
+                            splice.replace(span, "\"stop\"".into());
+                        }
+                    }
+                }
+                let _ = sum_root_usage(&data, &chunk, "usage", &self.earlier_usage, &mut splice);
+            }
+            if splice.is_empty() && !held.changed {
+                out.push(held.raw);
+                continue;
+            }
+            let data = splice.apply(&data).unwrap_or(data);
+            out.push(crate::sse::encode(None, &data));
+        }
+    }
+}
+
+/// Whether a rewritten choice carries nothing: an empty delta and no finish reason.
+fn is_bare_choice(choice: &str) -> bool {
+    object(choice).is_ok_and(|choice| {
+        choice.get("delta").is_none_or(|d| d.get() == "{}")
+            && choice.get("finish_reason").is_none_or(is_null)
+            && choice.get("logprobs").is_none_or(is_null)
+    })
+}
+
+impl StreamFilter for ChatStream {
+    fn event(&mut self, event: SseEvent, out: &mut Vec<Bytes>) {
+        let ended_before = self.finish_reason.is_some() || !self.held.is_empty();
+        let Some(data) = event.data.as_deref() else {
+            // Comments and keep-alives: after the round's end they wait with it.
+            if ended_before && !self.over_limit {
+                self.held.push(HeldChunk {
+                    raw: event.raw,
+                    data: None,
+                    changed: false,
+                });
+            } else {
+                out.push(event.raw);
+            }
+            return;
+        };
+        if data.trim() == "[DONE]" {
+            self.held.push(HeldChunk {
+                raw: event.raw,
+                data: None,
+                changed: false,
+            });
+            if self.over_limit {
+                self.release(out);
+            }
+            return;
+        }
+        let error = object(data).is_ok_and(|chunk| chunk.get("error").is_some_and(|e| !is_null(e)));
+        if error {
+            self.failed = true;
+            self.release(out);
+            out.push(event.raw);
+            return;
+        }
+        let Some((rewritten, emptied, usage_chunk)) = self.chunk(data) else {
+            out.push(event.raw); // Not a chunk: not the layer's business.
+            return;
+        };
+        if emptied {
+            return;
+        }
+        let ends = ended_before || self.finish_reason.is_some() || usage_chunk;
+        if ends {
+            let changed = rewritten.is_some();
+            let data = rewritten.unwrap_or_else(|| data.to_owned());
+            let held = self.keep(data.len());
+            self.held.push(HeldChunk {
+                raw: event.raw,
+                data: Some(data),
+                changed,
+            });
+            if !held {
+                // Past the limit the round is not continued: its end is final.
+                self.release(out);
+            }
+            return;
+        }
+        out.push(match rewritten {
+            Some(data) => crate::sse::encode(event.event.as_deref(), &data),
+            None => event.raw,
+        });
+    }
+
+    fn end_round(&mut self) -> Option<String> {
+        if self.failed || self.finish_reason.is_none() || self.over_limit {
+            return None;
+        }
+        Some(self.assembled())
+    }
+
+    fn cut_short(&self) -> bool {
+        !self.failed && self.finish_reason.is_none()
+    }
+
+    fn next_round(&mut self) {
+        if let Some(usage) = self.usage.take() {
+            self.earlier_usage.push(usage);
+        }
+        self.round += 1;
+        self.calls.clear();
+        self.call_positions.clear();
+        self.client_calls = 0;
+        self.texts.clear();
+        self.id = None;
+        self.finish_reason = None;
+        self.held.clear();
+        self.bytes = 0;
+        self.over_limit = false;
+    }
+
+    fn finish(&mut self, out: &mut Vec<Bytes>) {
+        self.release(out);
+    }
+
+    fn error_event(&mut self, message: &str) -> Bytes {
+        let error = OrderedObject::render([
+            ("message", quote(message).as_str()),
+            ("type", "\"ccr_error\""),
+            ("param", "null"),
+            ("code", "\"ccr_continuation_failed\""),
+        ]);
+        crate::sse::encode(None, &OrderedObject::render([("error", error.as_str())]))
+    }
+}
+
 impl Adapter for OpenAiChat {
     fn name(&self) -> &'static str {
         "openai-chat"
@@ -289,9 +874,6 @@ impl Adapter for OpenAiChat {
     ) -> Result<Inspection, Malformed> {
         let request: ChatRequest<'_> =
             serde_json::from_str(body).map_err(|_| Malformed("not a chat request"))?;
-        if request.stream.is("true") {
-            return Ok(Inspection::Skip("streaming"));
-        }
         if request
             .n
             .0
@@ -473,6 +1055,10 @@ impl Adapter for OpenAiChat {
         splice.apply(request).ok_or(Malformed("overlapping edits"))
     }
 
+    fn stream_filter(&self, tool_name: &str, limit: usize) -> Box<dyn StreamFilter> {
+        Box::new(ChatStream::new(tool_name, limit))
+    }
+
     fn finalize(
         &self,
         response: &str,
@@ -483,7 +1069,10 @@ impl Adapter for OpenAiChat {
         let mut splice = Splice::default();
         if let Some(choices) = root.get("choices") {
             for choice in array(choices.get())? {
-                let choice = object(choice.get())?;
+                // A choice that is not an object holds no call of ours: left as it is.
+                let Ok(choice) = object(choice.get()) else {
+                    continue;
+                };
                 let Some(message_raw) = choice.get("message") else {
                     continue;
                 };
@@ -578,19 +1167,19 @@ mod tests {
     }
 
     #[test]
-    fn skips_streams_and_several_choices() {
-        for body in [
-            r#"{"messages":[],"stream":true}"#,
-            r#"{"messages":[],"n":2}"#,
-        ] {
-            assert!(
-                matches!(
-                    OpenAiChat.inspect(body, TOOL, 0).unwrap(),
-                    Inspection::Skip(_)
-                ),
-                "{body}"
-            );
-        }
+    fn skips_several_choices_but_not_streams() {
+        assert!(matches!(
+            OpenAiChat
+                .inspect(r#"{"messages":[],"n":2}"#, TOOL, 0)
+                .unwrap(),
+            Inspection::Skip(_)
+        ));
+        assert!(matches!(
+            OpenAiChat
+                .inspect(r#"{"messages":[],"stream":true}"#, TOOL, 0)
+                .unwrap(),
+            Inspection::Outputs { .. }
+        ));
         // Duplicate members make the request unreadable: it passes through.
         assert!(
             OpenAiChat
@@ -776,5 +1365,116 @@ mod tests {
 
         let answer = r#"{"choices":[{"message":{"role":"assistant","content":"hi"}}]}"#;
         assert_eq!(OpenAiChat.finalize(answer, TOOL, &[]).unwrap(), None);
+    }
+
+    fn feed(filter: &mut ChatStream, stream: &str) -> String {
+        let mut parser = crate::sse::SseParser::new(1 << 20);
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        parser.push(stream.as_bytes(), |e| events.push(e)).unwrap();
+        parser.finish(|e| events.push(e));
+        for event in events {
+            filter.event(event, &mut out);
+        }
+        out.iter().map(|b| String::from_utf8_lossy(b)).collect()
+    }
+
+    const CALL_ROUND: &str = concat!(
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Checking. \"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"ccr_retrieve\",\"arguments\":\"{\\\"hash\\\":\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"abc\\\"}\"}}]},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":2,\"total_tokens\":12}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    #[test]
+    fn a_retrieval_round_is_assembled_as_a_response_and_held_back() {
+        let mut filter = ChatStream::new(TOOL, 1 << 20);
+        let forwarded = feed(&mut filter, CALL_ROUND);
+        assert_eq!(
+            forwarded,
+            CALL_ROUND.split("\n\n").next().unwrap().to_owned() + "\n\n",
+            "only the text goes out at once"
+        );
+        let response = filter.end_round().unwrap();
+        match OpenAiChat.read_turn(&response, TOOL).unwrap() {
+            Turn::Retrieve(calls) => {
+                assert_eq!(calls[0].id, "call_1");
+                assert_eq!(calls[0].arguments, r#"{"hash":"abc"}"#);
+            }
+            Turn::Other => panic!("not a retrieval: {response}"),
+        }
+        let answers = [Answer {
+            call_id: "call_1".into(),
+            text: "original".into(),
+        }];
+        let next = OpenAiChat
+            .continuation(
+                r#"{"messages":[],"stream":true}"#,
+                &response,
+                &answers,
+                false,
+            )
+            .unwrap();
+        let next: serde_json::Value = serde_json::from_str(&next).unwrap();
+        assert_eq!(next["messages"][0]["content"], "Checking. ");
+        assert_eq!(next["messages"][1]["content"], "original");
+
+        filter.next_round();
+        let second = "data: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Done.\"},\"finish_reason\":null}]}\n\ndata: {\"id\":\"c2\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: {\"id\":\"c2\",\"choices\":[],\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":1,\"total_tokens\":31}}\n\ndata: [DONE]\n\n";
+        let forwarded = feed(&mut filter, second);
+        assert_eq!(
+            forwarded,
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Done.\"},\"finish_reason\":null}]}\n\n"
+        );
+        assert!(filter.end_round().is_some());
+        let mut out = Vec::new();
+        filter.finish(&mut out);
+        let tail: String = out.iter().map(|b| String::from_utf8_lossy(b)).collect();
+        assert!(tail.contains("\"finish_reason\":\"stop\""));
+        assert!(
+            tail.contains(
+                r#""usage":{"prompt_tokens":40,"completion_tokens":3,"total_tokens":43}"#
+            ),
+            "{tail}"
+        );
+        assert!(tail.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn an_unfinished_or_oversized_round_is_not_continued() {
+        let cut = &CALL_ROUND[..CALL_ROUND
+            .find("data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},")
+            .unwrap()];
+        let mut filter = ChatStream::new(TOOL, 1 << 20);
+        feed(&mut filter, cut);
+        assert_eq!(filter.end_round(), None);
+        assert!(filter.cut_short(), "no finish_reason came");
+        let mut small = ChatStream::new(TOOL, 8);
+        // Past the limit nothing is held: the round's end goes out as it comes.
+        let mut client = feed(&mut small, CALL_ROUND);
+        assert_eq!(small.end_round(), None, "more than the limit was assembled");
+        assert!(!small.cut_short());
+        let mut out = Vec::new();
+        small.finish(&mut out);
+        client.extend(out.iter().map(|b| String::from_utf8_lossy(b).into_owned()));
+        assert!(!client.contains(TOOL), "{client}");
+        assert!(
+            client.contains("\"finish_reason\":\"stop\""),
+            "our call is gone: {client}"
+        );
+        assert!(client.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn odd_elements_do_not_let_our_calls_through() {
+        let response = r#"{"choices":[5,{"index":1,"message":{"role":"assistant","content":null,"tool_calls":[7,{"id":"c","type":"function","function":{"name":"ccr_retrieve","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#;
+        let finalized = OpenAiChat.finalize(response, TOOL, &[]).unwrap().unwrap();
+        assert!(!finalized.contains(TOOL), "{finalized}");
+        assert!(
+            finalized.contains("[5,") && finalized.contains("[7]"),
+            "{finalized}"
+        );
     }
 }

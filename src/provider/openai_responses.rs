@@ -16,19 +16,21 @@
 
 use std::borrow::Cow;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
     Adapter, Answer, Call, HASH_DESCRIPTION, Inspection, MAX_ARGUMENTS_BYTES, MAX_QUESTION_BYTES,
-    Malformed, QUERY_DESCRIPTION, TOOL_DESCRIPTION, ToolOutput, Turn, append_to_root_array, array,
-    object, set_root_member, sum_root_usage, truncated,
+    Malformed, QUERY_DESCRIPTION, SseEvent, StreamFilter, TOOL_DESCRIPTION, ToolOutput, Turn,
+    append_to_root_array, array, object, set_root_member, sum_root_usage, truncated,
 };
 use crate::json::{
     Field, OrderedObject, Splice, array_append_point, is_null, quote, span_of, string_value,
 };
+use crate::sse;
 
 /// The Responses adapter.
 pub(crate) struct OpenAiResponses;
@@ -62,8 +64,6 @@ struct ResponsesRequest<'a> {
     tools: Field<'a>,
     #[serde(borrow, default)]
     tool_choice: Field<'a>,
-    #[serde(borrow, default)]
-    stream: Field<'a>,
     #[serde(borrow, default)]
     background: Field<'a>,
 }
@@ -453,9 +453,6 @@ impl Adapter for OpenAiResponses {
             return Err(Malformed("no model"));
         }
         let input = request.input.value().ok_or(Malformed("no input"))?;
-        if request.stream.is("true") {
-            return Ok(Inspection::Skip("streaming"));
-        }
         let items: Vec<InputItem<'_>> = match input.get().as_bytes().first() {
             // A plain text input: a user message, no tool output.
             Some(b'"') => Vec::new(),
@@ -645,6 +642,23 @@ impl Adapter for OpenAiResponses {
         Ok(())
     }
 
+    fn redirect_history(
+        &self,
+        request: &str,
+        to: &str,
+        splice: &mut Splice,
+    ) -> Result<(), Malformed> {
+        let root = object(request)?;
+        let previous = root
+            .get("previous_response_id")
+            .ok_or(Malformed("no previous_response_id"))?;
+        splice.replace(
+            span_of(request, previous).ok_or(Malformed("previous_response_id"))?,
+            quote(to),
+        );
+        Ok(())
+    }
+
     fn upstream_history(&self, request: &str) -> Option<String> {
         #[derive(Deserialize)]
         struct Upstream<'a> {
@@ -748,6 +762,10 @@ impl Adapter for OpenAiResponses {
         splice.apply(request).ok_or(Malformed("overlapping edits"))
     }
 
+    fn stream_filter(&self, tool_name: &str, limit: usize) -> Box<dyn StreamFilter> {
+        Box::new(ResponsesStream::new(tool_name, limit))
+    }
+
     fn finalize(
         &self,
         response: &str,
@@ -814,6 +832,423 @@ impl Adapter for OpenAiResponses {
             .apply(response)
             .map(Some)
             .ok_or(Malformed("overlapping edits"))
+    }
+}
+
+/// The events that end a response. The round's one is held back until the layer knows whether
+/// another round follows.
+const TERMINAL_EVENTS: &[&str] = &[
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+];
+
+/// The events that start a response: the client gets those of the first round only.
+const START_EVENTS: &[&str] = &[
+    "response.created",
+    "response.queued",
+    "response.in_progress",
+];
+
+/// What becomes of one upstream event.
+enum Fate {
+    /// Goes to the client as it came.
+    Raw,
+    /// Goes to the client with this data instead.
+    Rewritten(String),
+    /// Never reaches the client: an event of a retrieval call, a later round's start.
+    Dropped,
+    /// The round's terminal event, or an event after it: held with the round's ending.
+    Ending,
+    /// The event named a call whose events waited for its name: send those, then judge the
+    /// event again.
+    Retry,
+}
+
+/// What becomes of the events of one upstream output item.
+#[derive(Clone)]
+enum Slot {
+    /// The client's item, at this index.
+    Client(u64),
+    /// A call of the retrieval tool: dropped.
+    Ours,
+    /// A function call not named yet: its events wait for the name.
+    Unnamed(Vec<SseEvent>),
+}
+
+/// One streamed Responses exchange (see [`StreamFilter`]). The client sees one response: the
+/// first round's start events, the items of every round with `output_index` dense across
+/// rounds, `sequence_number` counting every event it gets, and the last round's terminal
+/// event (its response as [`Adapter::finalize`] leaves it: our calls and tool removed, usage
+/// summed over the rounds).
+struct ResponsesStream {
+    tool_name: String,
+    limit: usize,
+    /// The `sequence_number` of the client's next event.
+    next_sequence: u64,
+    /// The `output_index` of the client's next item.
+    next_output_index: u64,
+    /// A round was continued: the start events of later rounds are dropped.
+    continued: bool,
+    /// The usage of the rounds that were continued.
+    earlier_usage: Vec<serde_json::Value>,
+    /// The id of the response the client saw start.
+    first_response_id: Option<String>,
+    /// Events that waited for their call's name, to send before the current one.
+    flush: Vec<SseEvent>,
+    round: Round,
+}
+
+/// What the filter keeps of the current round.
+#[derive(Default)]
+struct Round {
+    /// Upstream `output_index` -> what becomes of the item's events.
+    indexes: HashMap<u64, Slot>,
+    /// The items of `output_item.done`, by upstream index: the response's `output` when the
+    /// terminal event carries none.
+    done_items: BTreeMap<u64, String>,
+    /// The terminal event, then whatever came after it.
+    ending: Vec<SseEvent>,
+    /// The terminal event came.
+    ended: bool,
+    /// Bytes of `done_items` and `ending`.
+    held_bytes: usize,
+    /// More than the limit was held: nothing more is, and the round is not continued.
+    over_limit: bool,
+    /// The upstream sent an error event: the round is not continued.
+    errored: bool,
+    /// The round's usage, read by `end_round`.
+    usage: Option<serde_json::Value>,
+}
+
+impl ResponsesStream {
+    fn new(tool_name: &str, limit: usize) -> Self {
+        Self {
+            tool_name: tool_name.to_owned(),
+            limit,
+            next_sequence: 0,
+            next_output_index: 0,
+            continued: false,
+            earlier_usage: Vec::new(),
+            first_response_id: None,
+            flush: Vec::new(),
+            round: Round::default(),
+        }
+    }
+
+    /// Decides an event's fate, and keeps what the round's response needs of it.
+    fn judge(&mut self, event: &SseEvent) -> Fate {
+        if self.round.ended {
+            return Fate::Ending;
+        }
+        let Some(data) = event.data.as_deref() else {
+            return Fate::Raw;
+        };
+        let Ok(members) = object(data) else {
+            return Fate::Raw;
+        };
+        let kind = string_member(&members, "type");
+        let kind = kind.as_deref().unwrap_or_default();
+        if TERMINAL_EVENTS.contains(&kind) {
+            self.round.ended = true;
+            // Calls never named are not ours: what they held goes out before the end.
+            for slot in self.round.indexes.values_mut() {
+                if let Slot::Unnamed(held) = slot {
+                    self.flush.append(held);
+                    self.next_output_index += 1;
+                    *slot = Slot::Client(self.next_output_index - 1);
+                }
+            }
+            return Fate::Ending;
+        }
+        if START_EVENTS.contains(&kind) && self.continued {
+            return Fate::Dropped;
+        }
+        if kind == "error" {
+            self.round.errored = true;
+        }
+        let mut splice = Splice::default();
+        if let Some(raw_index) = members.get("output_index")
+            && let Ok(upstream_index) = raw_index.get().parse::<u64>()
+        {
+            let item = members
+                .get("item")
+                .filter(|_| kind.starts_with("response.output_item."));
+            // Our calls are known by the name their item carries, from `output_item.added` on
+            // (or later, for a server that names a call only in its done item).
+            let verdict = item.and_then(|item| {
+                let item = OutputItem::read(item).ok()?;
+                let unnamed = item.kind().as_deref() == Some("function_call")
+                    && string_member(&item.members, "name").is_none_or(|name| name.is_empty());
+                (!unnamed).then(|| item.is_ours(&self.tool_name))
+            });
+            let slot = self.round.indexes.get(&upstream_index);
+            match (slot, verdict) {
+                (None | Some(Slot::Unnamed(_)), Some(ours)) => {
+                    let slot = if ours {
+                        Slot::Ours
+                    } else {
+                        self.next_output_index += 1;
+                        Slot::Client(self.next_output_index - 1)
+                    };
+                    if let Some(Slot::Unnamed(held)) =
+                        self.round.indexes.insert(upstream_index, slot)
+                    {
+                        // What waited for the name goes first (or nowhere, for ours).
+                        if !ours {
+                            self.flush = held;
+                        }
+                        return Fate::Retry;
+                    }
+                }
+                (None, None) if item.is_some() => {
+                    self.round
+                        .indexes
+                        .insert(upstream_index, Slot::Unnamed(vec![event.clone()]));
+                    self.round.held_bytes += event.raw.len();
+                    return Fate::Dropped;
+                }
+                (Some(Slot::Unnamed(_)), None) => {
+                    self.round.held_bytes += event.raw.len();
+                    if let Some(Slot::Unnamed(held)) = self.round.indexes.get_mut(&upstream_index) {
+                        held.push(event.clone());
+                    }
+                    return Fate::Dropped;
+                }
+                (None, None) => {
+                    // An event of an item the stream never announced: the client's.
+                    self.next_output_index += 1;
+                    self.round
+                        .indexes
+                        .insert(upstream_index, Slot::Client(self.next_output_index - 1));
+                }
+                // An item first seen through events that did not name it (no
+                // `output_item.added`), now named as ours: it does not reach the client.
+                (Some(Slot::Client(_)), Some(true)) => return Fate::Dropped,
+                (Some(_), _) => {}
+            }
+            if kind == "response.output_item.done"
+                && let Some(item) = item
+            {
+                self.keep_done_item(upstream_index, item.get());
+            }
+            let Some(Slot::Client(client_index)) = self.round.indexes.get(&upstream_index).cloned()
+            else {
+                return Fate::Dropped;
+            };
+            if client_index != upstream_index
+                && let Some(span) = span_of(data, raw_index)
+            {
+                splice.replace(span, client_index.to_string());
+            }
+        }
+        self.rewrite(data, &members, splice)
+    }
+
+    /// The event with the client's sequence number, and its response (of a start or terminal
+    /// event) as the client may see it; `Raw` when nothing changes.
+    fn rewrite(&mut self, data: &str, members: &OrderedObject<'_>, mut splice: Splice) -> Fate {
+        if let Some(response) = members.get("response").filter(|r| r.get().starts_with('{'))
+            && let Some(span) = span_of(data, response)
+        {
+            let finalized = OpenAiResponses
+                .finalize(response.get(), &self.tool_name, &self.earlier_usage)
+                .ok()
+                .flatten();
+            let client_response =
+                self.with_first_id(finalized.as_deref().unwrap_or(response.get()));
+            if let Some(client_response) = client_response.or(finalized) {
+                splice.replace(span, client_response);
+            }
+        }
+        if let Some(sequence) = members.get("sequence_number") {
+            let number = self.next_sequence;
+            self.next_sequence += 1;
+            if sequence.get() != number.to_string()
+                && let Some(span) = span_of(data, sequence)
+            {
+                splice.replace(span, number.to_string());
+            }
+        }
+        if splice.is_empty() {
+            return Fate::Raw;
+        }
+        splice.apply(data).map_or(Fate::Raw, Fate::Rewritten)
+    }
+
+    /// The response the client sees carries the first round's id throughout: clients check
+    /// that a stream's lifecycle events name one response (the OpenAI SDK's stream helper
+    /// raises otherwise). The layer redirects a later `previous_response_id` naming it to the
+    /// last round's response, which holds the whole turn. `None`: no change.
+    fn with_first_id(&mut self, response: &str) -> Option<String> {
+        let root = object(response).ok()?;
+        let id = root.get("id")?;
+        let Some(first) = &self.first_response_id else {
+            self.first_response_id = string_value(id).map(|id| id.into_owned());
+            return None;
+        };
+        if string_value(id).as_deref() == Some(first.as_str()) {
+            return None;
+        }
+        let mut splice = Splice::default();
+        splice.replace(span_of(response, id)?, quote(first));
+        splice.apply(response)
+    }
+
+    fn keep_done_item(&mut self, upstream_index: u64, item: &str) {
+        if self.round.over_limit {
+            return;
+        }
+        self.round.held_bytes += item.len();
+        self.round
+            .done_items
+            .insert(upstream_index, item.to_owned());
+    }
+
+    /// Sends an event that is not held (any more): ending events go through here too.
+    fn send(&mut self, event: SseEvent, fate: Fate, out: &mut Vec<Bytes>) {
+        match fate {
+            Fate::Raw => out.push(event.raw),
+            Fate::Rewritten(data) => out.push(sse::encode(event.event.as_deref(), &data)),
+            Fate::Dropped => {}
+            // The call is named now (judging settled it): judged again, it has its fate.
+            Fate::Retry => {
+                let fate = self.judge(&event);
+                self.send(event, fate, out);
+            }
+            Fate::Ending => {
+                let fate = match event.data.as_deref().map(|data| (data, object(data))) {
+                    Some((data, Ok(members))) => self.rewrite(data, &members, Splice::default()),
+                    _ => Fate::Raw,
+                };
+                self.send(event, fate, out);
+            }
+        }
+    }
+
+    /// Holds an ending event (sends it at once past the limit).
+    fn hold(&mut self, event: SseEvent, out: &mut Vec<Bytes>) {
+        if self.round.over_limit {
+            self.send(event, Fate::Ending, out);
+            return;
+        }
+        self.round.held_bytes += event.raw.len();
+        self.round.ending.push(event);
+    }
+
+    /// Past the limit, nothing more is held and what was goes: the round will not be continued,
+    /// so its ending events are final.
+    fn enforce_limit(&mut self, out: &mut Vec<Bytes>) {
+        if self.round.held_bytes <= self.limit || self.round.over_limit {
+            return;
+        }
+        self.round.over_limit = true;
+        self.round.done_items = BTreeMap::new();
+        self.round.held_bytes = 0;
+        self.release(out);
+    }
+
+    /// Sends the held ending events.
+    fn release(&mut self, out: &mut Vec<Bytes>) {
+        for event in std::mem::take(&mut self.round.ending) {
+            self.send(event, Fate::Ending, out);
+        }
+    }
+}
+
+/// `response` with its `output` rebuilt from the round's `output_item.done` items when the
+/// terminal event carries none (`null`, absent or empty), as the SDK's stream accumulator does.
+fn with_done_items(response: &str, done_items: &BTreeMap<u64, String>) -> Option<String> {
+    let root = object(response).ok()?;
+    let carries_output = root.get("output").is_some_and(|output| {
+        !is_null(output) && array(output.get()).is_ok_and(|items| !items.is_empty())
+    });
+    if carries_output || done_items.is_empty() {
+        return Some(response.to_owned());
+    }
+    let items: Vec<&str> = done_items.values().map(String::as_str).collect();
+    let mut splice = Splice::default();
+    set_root_member(
+        response,
+        &root,
+        "output",
+        &format!("[{}]", items.join(",")),
+        &mut splice,
+    )
+    .ok()?;
+    splice.apply(response)
+}
+
+impl StreamFilter for ResponsesStream {
+    fn event(&mut self, event: SseEvent, out: &mut Vec<Bytes>) {
+        let mut fate = self.judge(&event);
+        if !self.flush.is_empty() || matches!(fate, Fate::Retry) {
+            for waiting in std::mem::take(&mut self.flush) {
+                let waiting_fate = self.judge(&waiting);
+                self.send(waiting, waiting_fate, out);
+            }
+            if matches!(fate, Fate::Retry) {
+                fate = self.judge(&event);
+            }
+        }
+        match fate {
+            Fate::Ending => self.hold(event, out),
+            fate => self.send(event, fate, out),
+        }
+        self.enforce_limit(out);
+    }
+
+    fn end_round(&mut self) -> Option<String> {
+        let round = &mut self.round;
+        if round.errored || round.over_limit {
+            return None;
+        }
+        let members = object(round.ending.first()?.data.as_deref()?).ok()?;
+        // A failed response is no turn to continue.
+        if string_member(&members, "type").as_deref() == Some("response.failed") {
+            return None;
+        }
+        let response = members.get("response")?.get();
+        let response = with_done_items(response, &round.done_items)?;
+        round.usage = OpenAiResponses.usage(&response);
+        Some(response)
+    }
+
+    fn next_round(&mut self) {
+        let round = std::mem::take(&mut self.round);
+        self.earlier_usage.extend(round.usage);
+        self.continued = true;
+    }
+
+    fn cut_short(&self) -> bool {
+        !self.round.ended && !self.round.errored
+    }
+
+    fn finish(&mut self, out: &mut Vec<Bytes>) {
+        self.release(out);
+    }
+
+    fn error_event(&mut self, message: &str) -> Bytes {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let message = quote(message);
+        // The event's members are ResponseErrorEvent's; the nested `error` object, as the API
+        // itself sends it, is what makes the Python SDK's stream raise `APIError`.
+        let error = OrderedObject::render([
+            ("type", "\"ccr_error\""),
+            ("code", "\"ccr_continuation_failed\""),
+            ("message", message.as_str()),
+            ("param", "null"),
+        ]);
+        let data = OrderedObject::render([
+            ("type", "\"error\""),
+            ("code", "\"ccr_continuation_failed\""),
+            ("message", message.as_str()),
+            ("param", "null"),
+            ("error", error.as_str()),
+            ("sequence_number", sequence.to_string().as_str()),
+        ]);
+        sse::encode(Some("error"), &data)
     }
 }
 
@@ -1024,13 +1459,12 @@ mod tests {
     }
 
     #[test]
-    fn skips_streams_and_refuses_other_shapes() {
-        assert!(matches!(
-            OpenAiResponses
-                .inspect(r#"{"model":"m","input":[],"stream":true}"#, TOOL, 0)
-                .unwrap(),
-            Inspection::Skip(_)
-        ));
+    fn reads_streams_and_refuses_other_shapes() {
+        // A streamed request is compressed like any other: the stream filter answers it.
+        let body = r#"{"model":"m","input":[{"type":"function_call_output","call_id":"c","output":"x"}],"stream":true}"#;
+        let (found, redeemable) = inspect(body, 0);
+        assert_eq!(found.len(), 1);
+        assert!(redeemable);
         for body in [
             "[1]",
             r#"{"input":[]}"#,
@@ -1477,5 +1911,572 @@ mod tests {
             120
         );
         assert_eq!(OpenAiResponses.usage(r#"{"usage":null}"#), None);
+    }
+
+    mod streaming {
+        use super::*;
+        use crate::sse::SseParser;
+        use serde_json::{Value, json};
+
+        const LIMIT: usize = 1 << 20;
+
+        /// The events of an SSE text.
+        fn parse(text: &[u8]) -> Vec<SseEvent> {
+            let mut parser = SseParser::new(LIMIT);
+            let mut events = Vec::new();
+            parser.push(text, |event| events.push(event)).unwrap();
+            parser.finish(|event| events.push(event));
+            events
+        }
+
+        /// An upstream round: `event:` + `data:` per event, `sequence_number` from 0 and the
+        /// members in the order written.
+        fn upstream(events: &[Value]) -> Vec<SseEvent> {
+            let mut text = String::new();
+            for (sequence, event) in events.iter().enumerate() {
+                let mut event = event.clone();
+                event["sequence_number"] = json!(sequence);
+                let kind = event["type"].as_str().unwrap().to_owned();
+                text.push_str(&format!("event: {kind}\ndata: {event}\n\n"));
+            }
+            parse(text.as_bytes())
+        }
+
+        /// Feeds a round event by event; what the client got after each one.
+        fn feed(filter: &mut dyn StreamFilter, events: Vec<SseEvent>) -> Vec<Vec<Bytes>> {
+            events
+                .into_iter()
+                .map(|event| {
+                    let mut out = Vec::new();
+                    filter.event(event, &mut out);
+                    out
+                })
+                .collect()
+        }
+
+        /// The data of the client's events, as JSON.
+        fn client_events(out: &[Bytes]) -> Vec<Value> {
+            let bytes: Vec<u8> = out.iter().flat_map(|chunk| chunk.to_vec()).collect();
+            parse(&bytes)
+                .iter()
+                .map(|event| {
+                    let value: Value =
+                        serde_json::from_str(event.data.as_deref().unwrap()).unwrap();
+                    // The `event:` line names the type, as the API's does.
+                    assert_eq!(event.event.as_deref(), value["type"].as_str());
+                    value
+                })
+                .collect()
+        }
+
+        fn new_filter() -> Box<dyn StreamFilter> {
+            OpenAiResponses.stream_filter(TOOL, LIMIT)
+        }
+
+        fn tools() -> Value {
+            json!([
+                {"type":"function","name":"bash","parameters":{"type":"object"},"strict":true},
+                {"type":"function","name":TOOL,"description":"d","parameters":{},"strict":false}
+            ])
+        }
+
+        fn response(id: &str, status: &str, output: Value, usage: Value) -> Value {
+            json!({"id":id,"object":"response","status":status,"model":"gpt-5","output":output,"tools":tools(),"usage":usage})
+        }
+
+        fn usage(input: u64, output: u64) -> Value {
+            json!({"input_tokens":input,"input_tokens_details":{"cached_tokens":0},"output_tokens":output,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":input + output})
+        }
+
+        fn start(id: &str) -> Vec<Value> {
+            let response = response(id, "in_progress", json!([]), Value::Null);
+            vec![
+                json!({"type":"response.created","response":response}),
+                json!({"type":"response.in_progress","response":response}),
+            ]
+        }
+
+        fn message(index: u64, id: &str, text: &str) -> (Vec<Value>, Value) {
+            let done = json!({"id":id,"type":"message","status":"completed","role":"assistant","content":[{"type":"output_text","text":text,"annotations":[]}]});
+            let (head, tail) = text.split_at(text.len() / 2);
+            let events = vec![
+                json!({"type":"response.output_item.added","output_index":index,"item":{"id":id,"type":"message","status":"in_progress","role":"assistant","content":[]}}),
+                json!({"type":"response.content_part.added","item_id":id,"output_index":index,"content_index":0,"part":{"type":"output_text","text":"","annotations":[]}}),
+                json!({"type":"response.output_text.delta","item_id":id,"output_index":index,"content_index":0,"delta":head,"logprobs":[]}),
+                json!({"type":"response.output_text.delta","item_id":id,"output_index":index,"content_index":0,"delta":tail,"logprobs":[]}),
+                json!({"type":"response.output_text.done","item_id":id,"output_index":index,"content_index":0,"text":text,"logprobs":[]}),
+                json!({"type":"response.content_part.done","item_id":id,"output_index":index,"content_index":0,"part":{"type":"output_text","text":text,"annotations":[]}}),
+                json!({"type":"response.output_item.done","output_index":index,"item":done}),
+            ];
+            (events, done)
+        }
+
+        fn call(
+            index: u64,
+            id: &str,
+            call_id: &str,
+            name: &str,
+            arguments: &str,
+        ) -> (Vec<Value>, Value) {
+            let done = json!({"id":id,"type":"function_call","status":"completed","arguments":arguments,"call_id":call_id,"name":name});
+            let (head, tail) = arguments.split_at(arguments.len() / 2);
+            let events = vec![
+                json!({"type":"response.output_item.added","output_index":index,"item":{"id":id,"type":"function_call","status":"in_progress","arguments":"","call_id":call_id,"name":name}}),
+                json!({"type":"response.function_call_arguments.delta","item_id":id,"output_index":index,"delta":head}),
+                json!({"type":"response.function_call_arguments.delta","item_id":id,"output_index":index,"delta":tail}),
+                json!({"type":"response.function_call_arguments.done","item_id":id,"output_index":index,"arguments":arguments}),
+                json!({"type":"response.output_item.done","output_index":index,"item":done}),
+            ];
+            (events, done)
+        }
+
+        fn reasoning(index: u64, id: &str) -> (Vec<Value>, Value) {
+            let done =
+                json!({"id":id,"type":"reasoning","summary":[],"encrypted_content":"gAAAAE=="});
+            let events = vec![
+                json!({"type":"response.output_item.added","output_index":index,"item":{"id":id,"type":"reasoning","summary":[]}}),
+                json!({"type":"response.output_item.done","output_index":index,"item":done}),
+            ];
+            (events, done)
+        }
+
+        fn completed(response: Value) -> Value {
+            json!({"type":"response.completed","response":response})
+        }
+
+        /// The client's stream holds one response as the SDK accumulates it: one start, one
+        /// end, sequence numbers 0, 1, 2…, every item added once at a dense index and done
+        /// before the end, no event of ours.
+        fn assert_coherent(events: &[Value]) {
+            for (sequence, event) in events.iter().enumerate() {
+                assert_eq!(event["sequence_number"], json!(sequence), "{event}");
+            }
+            let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+            assert_eq!(kinds[0], "response.created");
+            assert_eq!(
+                kinds.iter().filter(|k| **k == "response.created").count(),
+                1
+            );
+            assert_eq!(
+                kinds
+                    .iter()
+                    .filter(|k| **k == "response.in_progress")
+                    .count(),
+                1
+            );
+            let terminal = kinds.iter().filter(|k| TERMINAL_EVENTS.contains(k)).count();
+            assert!(terminal <= 1);
+            let added: Vec<u64> = events
+                .iter()
+                .filter(|e| e["type"] == "response.output_item.added")
+                .map(|e| e["output_index"].as_u64().unwrap())
+                .collect();
+            assert_eq!(added, (0..added.len() as u64).collect::<Vec<_>>());
+            for event in events {
+                if let Some(index) = event["output_index"].as_u64() {
+                    assert!(index < added.len() as u64, "{event}");
+                }
+            }
+            let text = serde_json::to_string(events).unwrap();
+            assert!(!text.contains(TOOL), "{text}");
+        }
+
+        #[test]
+        fn without_retrieval_every_event_goes_at_once_byte_for_byte() {
+            let (message_events, message_done) = message(0, "msg_1", "The build failed.");
+            let mut events = start("resp_1");
+            events.extend(message_events);
+            events.push(completed(response(
+                "resp_1",
+                "completed",
+                json!([message_done]),
+                usage(10, 5),
+            )));
+            let mut upstream_events = upstream(&events);
+            // A keep-alive and an event that is not JSON go as they are.
+            let mut extra = parse(b": keep-alive\r\n\r\ndata: not json\r\n\r\n");
+            upstream_events.splice(2..2, extra.drain(..));
+            let raws: Vec<Bytes> = upstream_events.iter().map(|e| e.raw.clone()).collect();
+
+            let mut filter = new_filter();
+            let outs = feed(filter.as_mut(), upstream_events);
+            let last = outs.len() - 1;
+            for (index, out) in outs.iter().enumerate() {
+                match index {
+                    // The start events echo the request's tools: ours goes.
+                    0 | 1 => {
+                        assert_eq!(out.len(), 1);
+                        let ours = format!(
+                            r#",{{"description":"d","name":"{TOOL}","parameters":{{}},"strict":false,"type":"function"}}"#
+                        );
+                        let upstream = String::from_utf8(raws[index].to_vec()).unwrap();
+                        assert!(upstream.contains(&ours));
+                        assert_eq!(out[0], upstream.replace(&ours, ""));
+                    }
+                    // The terminal event waits for the end of the round.
+                    _ if index == last => assert!(out.is_empty()),
+                    _ => assert_eq!(out, &vec![raws[index].clone()], "event {index}"),
+                }
+            }
+            let response = filter.end_round().unwrap();
+            assert_eq!(
+                OpenAiResponses.read_turn(&response, TOOL).unwrap(),
+                Turn::Other
+            );
+            let mut out = Vec::new();
+            filter.finish(&mut out);
+            let end = client_events(&out);
+            assert_eq!(end.len(), 1);
+            assert_eq!(end[0]["type"], "response.completed");
+            assert_eq!(
+                end[0]["sequence_number"],
+                json!(9),
+                "after the 2 start and 7 message events"
+            );
+            assert_eq!(end[0]["response"]["output"][0]["id"], "msg_1");
+            assert_eq!(end[0]["response"]["usage"], usage(10, 5));
+            assert_eq!(end[0]["response"]["tools"].as_array().unwrap().len(), 1);
+
+            let mut all: Vec<Bytes> = outs.into_iter().flatten().collect();
+            all.extend(out);
+            let all: Vec<Bytes> = all
+                .into_iter()
+                .filter(|b| b.starts_with(b"event:"))
+                .collect();
+            assert_coherent(&client_events(&all));
+        }
+
+        /// Round 1: reasoning, then our call (its terminal event without output); round 2 the
+        /// answer.
+        fn retrieval_rounds() -> (Vec<SseEvent>, Vec<SseEvent>) {
+            let (reasoning_events, _) = reasoning(0, "rs_1");
+            let (call_events, _) = call(
+                1,
+                "fc_1",
+                "call_r1",
+                TOOL,
+                r#"{"hash":"abc","query":"café"}"#,
+            );
+            let mut first = start("resp_1");
+            first.extend(reasoning_events);
+            first.extend(call_events);
+            first.push(completed(response(
+                "resp_1",
+                "completed",
+                Value::Null,
+                usage(100, 20),
+            )));
+            let (message_events, message_done) = message(0, "msg_2", "It failed on café.");
+            let mut second = start("resp_2");
+            second.extend(message_events);
+            second.push(completed(response(
+                "resp_2",
+                "completed",
+                json!([message_done]),
+                usage(150, 30),
+            )));
+            (upstream(&first), upstream(&second))
+        }
+
+        #[test]
+        fn a_retrieval_round_is_continued_into_one_response() {
+            let (first, second) = retrieval_rounds();
+            let mut filter = new_filter();
+            let mut client: Vec<Bytes> =
+                feed(filter.as_mut(), first).into_iter().flatten().collect();
+            // Of round 1 the client got the start and the reasoning item, nothing of our call.
+            let so_far = client_events(&client);
+            let kinds: Vec<&str> = so_far.iter().map(|e| e["type"].as_str().unwrap()).collect();
+            assert_eq!(
+                kinds,
+                [
+                    "response.created",
+                    "response.in_progress",
+                    "response.output_item.added",
+                    "response.output_item.done"
+                ]
+            );
+
+            let response = filter.end_round().unwrap();
+            // The terminal event had no output: it is rebuilt from the done items, ours too.
+            let Turn::Retrieve(calls) = OpenAiResponses.read_turn(&response, TOOL).unwrap() else {
+                panic!("{response}");
+            };
+            assert_eq!(
+                calls,
+                [Call {
+                    id: "call_r1".into(),
+                    arguments: r#"{"hash":"abc","query":"café"}"#.into()
+                }]
+            );
+            assert_eq!(
+                OpenAiResponses.response_id(&response).as_deref(),
+                Some("resp_1")
+            );
+            let request =
+                r#"{"model":"gpt-5","input":[{"role":"user","content":"why?"}],"stream":true}"#;
+            let answers = [Answer {
+                call_id: "call_r1".into(),
+                text: "the original".into(),
+            }];
+            let next = OpenAiResponses
+                .continuation(request, &response, &answers, false)
+                .unwrap();
+            let next: Value = serde_json::from_str(&next).unwrap();
+            assert_eq!(next["stream"], true);
+            let input = next["input"].as_array().unwrap();
+            assert_eq!(input.len(), 4);
+            assert_eq!(input[1]["encrypted_content"], "gAAAAE==");
+            assert_eq!(input[2]["call_id"], "call_r1");
+            assert_eq!(input[2]["arguments"], r#"{"hash":"abc","query":"café"}"#);
+            assert_eq!(input[3]["type"], "function_call_output");
+
+            filter.next_round();
+            let outs = feed(filter.as_mut(), second);
+            // The second start is dropped; the message streams at once.
+            assert!(outs[0].is_empty() && outs[1].is_empty());
+            assert!(outs[2..outs.len() - 1].iter().all(|out| out.len() == 1));
+            client.extend(outs.into_iter().flatten());
+            let response = filter.end_round().unwrap();
+            assert_eq!(
+                OpenAiResponses.read_turn(&response, TOOL).unwrap(),
+                Turn::Other
+            );
+            filter.finish(&mut client);
+
+            let events = client_events(&client);
+            assert_coherent(&events);
+            // The message is the client's second item.
+            let message_events: Vec<&Value> = events
+                .iter()
+                .filter(|e| e["item_id"] == "msg_2" || e["item"]["id"] == "msg_2")
+                .collect();
+            assert_eq!(message_events.len(), 7);
+            assert!(message_events.iter().all(|e| e["output_index"] == 1));
+            let end = events.last().unwrap();
+            assert_eq!(end["type"], "response.completed");
+            assert_eq!(
+                end["response"]["id"], "resp_1",
+                "the id the stream started with"
+            );
+            assert_eq!(
+                end["response"]["usage"],
+                json!({"input_tokens":250,"input_tokens_details":{"cached_tokens":0},"output_tokens":50,"output_tokens_details":{"reasoning_tokens":2},"total_tokens":300})
+            );
+            assert_eq!(end["response"]["output"].as_array().unwrap().len(), 1);
+            assert_eq!(events.len(), 2 + 2 + 7 + 1);
+        }
+
+        #[test]
+        fn a_mixed_turn_keeps_the_clients_call_at_a_renumbered_index() {
+            let (ours, ours_done) = call(0, "fc_1", "call_r1", TOOL, r#"{"hash":"abc"}"#);
+            let (theirs, theirs_done) = call(1, "fc_2", "call_c", "bash", r#"{"cmd":"make"}"#);
+            let mut events = start("resp_1");
+            events.extend(ours);
+            events.extend(theirs);
+            events.push(completed(response(
+                "resp_1",
+                "completed",
+                json!([ours_done, theirs_done]),
+                usage(10, 5),
+            )));
+            let mut filter = new_filter();
+            let mut client: Vec<Bytes> = feed(filter.as_mut(), upstream(&events))
+                .into_iter()
+                .flatten()
+                .collect();
+            let response = filter.end_round().unwrap();
+            assert_eq!(
+                OpenAiResponses.read_turn(&response, TOOL).unwrap(),
+                Turn::Other
+            );
+            filter.finish(&mut client);
+            let events = client_events(&client);
+            assert_coherent(&events);
+            assert_eq!(events.len(), 2 + 5 + 1);
+            assert!(events[2..7].iter().all(|e| e["output_index"] == 0));
+            assert_eq!(events[2]["item"]["call_id"], "call_c");
+            assert_eq!(events[3]["delta"], r#"{"cmd":"#);
+            let output = events[7]["response"]["output"].as_array().unwrap();
+            assert_eq!(output.len(), 1);
+            assert_eq!(output[0]["call_id"], "call_c");
+            assert_eq!(events[7]["response"]["usage"], usage(10, 5));
+        }
+
+        #[test]
+        fn an_upstream_error_goes_to_the_client_and_ends_the_exchange() {
+            let (message_events, _) = message(0, "msg_1", "Partial");
+            let mut events = start("resp_1");
+            events.extend(message_events[..3].iter().cloned());
+            events
+                .push(json!({"type":"error","code":"server_error","message":"boom","param":null}));
+            let upstream_events = upstream(&events);
+            let error_raw = upstream_events.last().unwrap().raw.clone();
+            let mut filter = new_filter();
+            let outs = feed(filter.as_mut(), upstream_events);
+            assert_eq!(
+                outs.last().unwrap(),
+                &vec![error_raw],
+                "already numbered right: unchanged"
+            );
+            assert_eq!(filter.end_round(), None);
+            let mut out = Vec::new();
+            filter.finish(&mut out);
+            assert!(out.is_empty());
+
+            // In a continuation, it is renumbered after what the client already got.
+            let (first, _) = retrieval_rounds();
+            let mut filter = new_filter();
+            let mut client: Vec<Bytes> =
+                feed(filter.as_mut(), first).into_iter().flatten().collect();
+            assert!(filter.end_round().is_some());
+            filter.next_round();
+            let mut second = start("resp_2");
+            second.push(json!({"type":"error","code":"rate_limit_exceeded","message":"slow down","param":null}));
+            client.extend(
+                feed(filter.as_mut(), upstream(&second))
+                    .into_iter()
+                    .flatten(),
+            );
+            assert_eq!(filter.end_round(), None);
+            filter.finish(&mut client);
+            let events = client_events(&client);
+            assert_coherent(&events);
+            let error = events.last().unwrap();
+            assert_eq!(error["type"], "error");
+            assert_eq!(error["message"], "slow down");
+            assert_eq!(error["sequence_number"], 4);
+        }
+
+        #[test]
+        fn an_unfinished_round_is_not_continued() {
+            let (first, _) = retrieval_rounds();
+            let cut = first.len() - 1;
+            let mut filter = new_filter();
+            let client: Vec<Bytes> = feed(filter.as_mut(), first.into_iter().take(cut).collect())
+                .into_iter()
+                .flatten()
+                .collect();
+            assert_eq!(filter.end_round(), None);
+            let mut out = Vec::new();
+            filter.finish(&mut out);
+            assert!(out.is_empty());
+            let error = filter.error_event("the continuation failed");
+            let mut events = client_events(&client);
+            events.extend(client_events(&[error]));
+            assert_coherent(&events);
+
+            // A continuation cut short ends with an error event, not just an end of stream.
+            let (first, second) = retrieval_rounds();
+            let mut filter = new_filter();
+            let mut client: Vec<Bytes> =
+                feed(filter.as_mut(), first).into_iter().flatten().collect();
+            assert!(filter.end_round().is_some());
+            filter.next_round();
+            client.extend(
+                feed(filter.as_mut(), second.into_iter().take(4).collect())
+                    .into_iter()
+                    .flatten(),
+            );
+            assert_eq!(filter.end_round(), None);
+            assert!(filter.cut_short(), "the driver tells the client");
+            client.push(filter.error_event("the continuation's stream ended before its response"));
+            let events = client_events(&client);
+            assert_coherent(&events);
+            let last = events.last().unwrap();
+            assert_eq!(last["type"], "error");
+            assert_eq!(last["sequence_number"], 6);
+        }
+
+        #[test]
+        fn the_error_event_is_the_apis_and_raises_in_the_sdk() {
+            let mut filter = new_filter();
+            let mut out = Vec::new();
+            let (first, _) = retrieval_rounds();
+            for event in first.into_iter().take(3) {
+                filter.event(event, &mut out);
+            }
+            let error = filter.error_event("upstream \"failed\"");
+            assert!(error.starts_with(b"event: error\ndata: {"));
+            let events = client_events(&[error]);
+            // ResponseErrorEvent's members, and the nested error the SDK raises on.
+            assert_eq!(
+                events[0],
+                json!({"type":"error","code":"ccr_continuation_failed","message":"upstream \"failed\"","param":null,"error":{"type":"ccr_error","code":"ccr_continuation_failed","message":"upstream \"failed\"","param":null},"sequence_number":3})
+            );
+        }
+
+        #[test]
+        fn a_failed_or_incomplete_response_ends_the_round() {
+            for (kind, status, continued) in [
+                ("response.failed", "failed", false),
+                ("response.incomplete", "incomplete", true),
+            ] {
+                let (call_events, _) = call(0, "fc_1", "call_r1", TOOL, r#"{"hash":"abc"}"#);
+                let mut events = start("resp_1");
+                events.extend(call_events);
+                events.push(json!({"type":kind,"response":response("resp_1", status, Value::Null, usage(1, 1))}));
+                let mut filter = new_filter();
+                let mut client: Vec<Bytes> = feed(filter.as_mut(), upstream(&events))
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                assert_eq!(filter.end_round().is_some(), continued, "{kind}");
+                filter.finish(&mut client);
+                let events = client_events(&client);
+                assert_coherent(&events);
+                assert_eq!(events.last().unwrap()["type"], kind);
+                // Null output stays null: the SDK rebuilds it from the items the client saw.
+                assert_eq!(events.last().unwrap()["response"]["output"], Value::Null);
+            }
+        }
+
+        #[test]
+        fn over_the_limit_the_round_ends_as_it_is() {
+            let (first, _) = retrieval_rounds();
+            let mut filter = OpenAiResponses.stream_filter(TOOL, 300);
+            let outs = feed(filter.as_mut(), first);
+            // The terminal event could not be held: it went at once, without our call.
+            let end = client_events(outs.last().unwrap());
+            assert_eq!(end.len(), 1);
+            assert_eq!(end[0]["type"], "response.completed");
+            assert_eq!(filter.end_round(), None);
+            let mut out = Vec::new();
+            filter.finish(&mut out);
+            assert!(out.is_empty());
+            let events = client_events(&outs.into_iter().flatten().collect::<Vec<_>>());
+            assert_coherent(&events);
+
+            // Under it, the same round is held and continued.
+            let (first, _) = retrieval_rounds();
+            let mut filter = OpenAiResponses.stream_filter(TOOL, 2_000);
+            let outs = feed(filter.as_mut(), first);
+            assert!(outs.last().unwrap().is_empty());
+            assert!(filter.end_round().is_some());
+        }
+
+        #[test]
+        fn an_empty_output_is_rebuilt_and_a_full_one_kept() {
+            let done = BTreeMap::from([
+                (1, r#"{"type":"b"}"#.to_owned()),
+                (0, r#"{"type":"a"}"#.to_owned()),
+            ]);
+            assert_eq!(
+                with_done_items(r#"{"id":"r","output":[]}"#, &done).unwrap(),
+                r#"{"id":"r","output":[{"type":"a"},{"type":"b"}]}"#
+            );
+            assert_eq!(
+                with_done_items(r#"{"id":"r"}"#, &done).unwrap(),
+                r#"{"id":"r","output":[{"type":"a"},{"type":"b"}]}"#
+            );
+            assert_eq!(
+                with_done_items(r#"{"id":"r","output":[{"type":"c"}]}"#, &done).unwrap(),
+                r#"{"id":"r","output":[{"type":"c"}]}"#
+            );
+            assert_eq!(
+                with_done_items(r#"{"id":"r","output":null}"#, &BTreeMap::new()).unwrap(),
+                r#"{"id":"r","output":null}"#
+            );
+        }
     }
 }

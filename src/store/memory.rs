@@ -44,6 +44,10 @@ pub struct MemoryStore {
     /// A counter of writes and reads, to order entries by recency exactly (milliseconds tie).
     clock: AtomicU64,
     max_bytes: u64,
+    /// Makes room, inserting and checking admission one put at a time: two puts that each made
+    /// room for themselves would otherwise together overflow the budget, and TinyLFU would
+    /// refuse one of them.
+    admission: std::sync::Mutex<()>,
 }
 
 struct Slot {
@@ -124,6 +128,10 @@ impl MemoryStore {
         if weight > self.max_bytes.min(u64::from(u32::MAX)) {
             return false;
         }
+        let _admission = self
+            .admission
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.keep_room(weight);
         self.entries.insert(id.clone(), slot);
         // Run admission now: an entry TinyLFU rejects disappears here, not after the marker
@@ -250,6 +258,7 @@ impl MemoryStoreBuilder {
             last_sweep_ms: AtomicU64::new(0),
             clock: AtomicU64::new(0),
             max_bytes: self.max_bytes,
+            admission: std::sync::Mutex::new(()),
         }
     }
 }

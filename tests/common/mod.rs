@@ -10,6 +10,8 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use tower::{BoxError, Service, service_fn};
 
+pub mod streaming;
+
 pub const CHAT_URL: &str = "https://api.example.com/v1/chat/completions";
 
 /// What the upstream received.
