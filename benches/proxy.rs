@@ -7,6 +7,10 @@
 //! elements, so its `thrpt` is requests per second. Bodies: a conversation whose tool output is
 //! 100 KB of server log (compressed by the proxy, or sent with `x-ccr: off`), and a small
 //! conversation with nothing to compress.
+//!
+//! Compressed, two cases: a proxy with its view cache off (every request compresses the output,
+//! as a tool output's first turn does) and one with it on, the default (the same output again,
+//! as in every later turn of a conversation).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -118,7 +122,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (upstream, proxy, handle) = runtime.block_on(async {
+    let (upstream, proxy, uncached, handle) = runtime.block_on(async {
         let upstream = upstream().await;
         let base = format!("http://{upstream}");
         let routes = Routes::new(
@@ -126,12 +130,18 @@ fn bench(c: &mut Criterion) {
             base.parse().unwrap(),
             base.parse().unwrap(),
         );
-        let proxy = Proxy::new(CcrLayer::new().secret("bench"), routes);
-        let handle = proxy.handle();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(proxy.serve(listener, std::future::pending()));
-        (upstream, addr, handle)
+        let mut proxies = Vec::new();
+        for layer in [CcrLayer::new(), CcrLayer::new().view_cache_bytes(0)] {
+            let proxy = Proxy::new(layer.secret("bench"), routes.clone());
+            let handle = proxy.handle();
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(proxy.serve(listener, std::future::pending()));
+            proxies.push((addr, handle));
+        }
+        let (uncached, _) = proxies.pop().unwrap();
+        let (proxy, handle) = proxies.pop().unwrap();
+        (upstream, proxy, uncached, handle)
     });
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(BATCH)
@@ -140,6 +150,7 @@ fn bench(c: &mut Criterion) {
     let small = conversation("total 4\ndrwxr-xr-x 2 app app 4096 Nov 23 10:00 logs\n");
     let direct = format!("http://{upstream}/v1/chat/completions");
     let through = format!("http://{proxy}/v1/chat/completions");
+    let through_uncached = format!("http://{uncached}/v1/chat/completions");
 
     let mut group = c.benchmark_group("proxy requests/s");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -149,7 +160,13 @@ fn bench(c: &mut Criterion) {
         ("direct, 100 KB tool output", &direct, &big, false),
         ("proxy, 100 KB tool output, x-ccr off", &through, &big, true),
         (
-            "proxy, 100 KB tool output compressed",
+            "proxy, 100 KB tool output compressed, first turn",
+            &through_uncached,
+            &big,
+            false,
+        ),
+        (
+            "proxy, 100 KB tool output compressed, later turn",
             &through,
             &big,
             false,
@@ -165,8 +182,8 @@ fn bench(c: &mut Criterion) {
     group.finish();
     let stats = runtime.block_on(handle.stats());
     assert!(
-        stats.outputs_compressed > 0,
-        "the compressed case compressed"
+        stats.outputs_compressed > 0 && stats.views_reused > 0,
+        "the later-turn case compressed, reusing its view"
     );
 }
 

@@ -123,7 +123,8 @@ fn streaming(c: &mut Criterion) {
         ("tool_output_10kb", body(&log_of(10_000))),
         ("nothing_to_compress", body("region eu-west-1 healthy")),
     ];
-    let layer = CcrLayer::new();
+    // The view cache off: each request compresses its output, as a first turn does.
+    let layer = CcrLayer::new().view_cache_bytes(0);
     let chunks = sse_chunks();
     for (measure, whole) in [("first_byte", false), ("whole_stream", true)] {
         let mut group = c.benchmark_group(format!("streaming_{measure}"));

@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     pub(crate) outputs_compressed: AtomicU64,
     pub(crate) tokens_before: AtomicU64,
     pub(crate) tokens_after: AtomicU64,
+    pub(crate) views_reused: AtomicU64,
     pub(crate) retrievals_full: AtomicU64,
     pub(crate) retrievals_search: AtomicU64,
     pub(crate) retrievals_range: AtomicU64,
@@ -53,6 +54,9 @@ pub struct Stats {
     pub tokens_before: u64,
     /// Estimated tokens of their views, markers included.
     pub tokens_after: u64,
+    /// Tool outputs whose view came from the view cache rather than the compressors (an
+    /// output seen before, in an earlier turn of the conversation).
+    pub views_reused: u64,
     /// Retrieval calls the layer answered, by outcome.
     pub retrievals: RetrievalStats,
     /// Continuation requests sent upstream.
@@ -159,6 +163,7 @@ impl CcrHandle {
             outputs_compressed: get(&c.outputs_compressed),
             tokens_before: get(&c.tokens_before),
             tokens_after: get(&c.tokens_after),
+            views_reused: get(&c.views_reused),
             retrievals: RetrievalStats {
                 full: get(&c.retrievals_full),
                 search: get(&c.retrievals_search),

@@ -11,6 +11,7 @@ use crate::handle::{CcrHandle, Counters};
 use crate::id::IdKey;
 use crate::service::CcrService;
 use crate::store::{MemoryStore, Retention, Store};
+use crate::view_cache::ViewCache;
 
 /// Default for [`CcrLayer::min_tokens`].
 pub const DEFAULT_MIN_TOKENS: usize = 1_000;
@@ -30,6 +31,8 @@ pub const DEFAULT_MAX_ANSWER_BYTES: usize = 64 * 1024;
 pub const MIN_ANSWER_BYTES: usize = 2 * 1024;
 /// Default for [`CcrLayer::round_budget`]: 60 seconds.
 pub const DEFAULT_ROUND_BUDGET: Duration = Duration::from_secs(60);
+/// Default for [`CcrLayer::view_cache_bytes`]: 32 MiB.
+pub const DEFAULT_VIEW_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 type TenantFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 
@@ -69,6 +72,10 @@ pub(crate) struct Shared {
     pub(crate) max_outputs_per_request: usize,
     pub(crate) max_answer_bytes: usize,
     pub(crate) round_budget: Duration,
+    pub(crate) view_cache_bytes: usize,
+    /// Views already computed, shared by the layer's services (and its clones until one of
+    /// them sets another budget).
+    pub(crate) views: Arc<ViewCache>,
     /// Tools whose outputs are never compressed.
     pub(crate) exclude_tools: Arc<[String]>,
     pub(crate) key: IdKey,
@@ -143,6 +150,7 @@ impl fmt::Debug for CcrLayer {
             .field("max_outputs_per_request", &shared.max_outputs_per_request)
             .field("max_answer_bytes", &shared.max_answer_bytes)
             .field("round_budget", &shared.round_budget)
+            .field("view_cache_bytes", &shared.view_cache_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -165,6 +173,8 @@ impl CcrLayer {
                 max_outputs_per_request: DEFAULT_MAX_OUTPUTS_PER_REQUEST,
                 max_answer_bytes: DEFAULT_MAX_ANSWER_BYTES,
                 round_budget: DEFAULT_ROUND_BUDGET,
+                view_cache_bytes: DEFAULT_VIEW_CACHE_BYTES,
+                views: Arc::new(ViewCache::new(DEFAULT_VIEW_CACHE_BYTES)),
                 exclude_tools: Arc::from([]),
                 key: IdKey::random(),
                 tenant: TenantSource::Credentials,
@@ -247,6 +257,18 @@ impl CcrLayer {
     /// the same size.
     pub fn max_answer_bytes(self, max_answer_bytes: usize) -> Self {
         self.with(|s| s.max_answer_bytes = max_answer_bytes.max(MIN_ANSWER_BYTES))
+    }
+
+    /// Memory for views already computed (default 32 MiB; 0 turns the cache off). A client
+    /// sends its whole history every turn, and each large tool output in it gets the same
+    /// view every time: the cache computes that view once per output (and tenant, and
+    /// context), so a later turn costs a hash of the output instead of the compressors' pass.
+    /// Only views are kept, never originals; what goes upstream is the same either way.
+    pub fn view_cache_bytes(self, view_cache_bytes: usize) -> Self {
+        self.with(|s| {
+            s.view_cache_bytes = view_cache_bytes;
+            s.views = Arc::new(ViewCache::new(view_cache_bytes));
+        })
     }
 
     /// Time the continuation rounds of one request may take, from the upstream's first answer

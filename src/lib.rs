@@ -106,6 +106,7 @@ pub mod store;
 mod stream;
 mod tokens;
 mod upstream;
+mod view_cache;
 
 pub use body::CcrBody;
 #[cfg(feature = "tiktoken")]
@@ -116,7 +117,7 @@ pub use id::{EntryId, TenantId};
 pub use layer::{
     CcrLayer, DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ORIGINAL_BYTES,
     DEFAULT_MAX_OUTPUTS_PER_REQUEST, DEFAULT_MAX_ROUNDS, DEFAULT_MIN_TOKENS, DEFAULT_ROUND_BUDGET,
-    DEFAULT_TOOL_NAME, MIN_ANSWER_BYTES,
+    DEFAULT_TOOL_NAME, DEFAULT_VIEW_CACHE_BYTES, MIN_ANSWER_BYTES,
 };
 pub use service::{CcrService, OPT_OUT_HEADER};
 #[cfg(feature = "redis")]

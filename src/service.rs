@@ -358,7 +358,14 @@ async fn prepare(
             query: &output.query,
             tool_name: output.tool_name.as_deref(),
         };
-        let Some(view) = compress_estimated(&output.text, tokens, &context) else {
+        let id = shared.key.entry(&tenant, &output.text);
+        let (outcome, reused) = shared.views.get_or_compute(&id, &context, || {
+            compress_estimated(&output.text, tokens, &context)
+        });
+        if reused {
+            Counters::add(&shared.counters.views_reused, 1);
+        }
+        let Some(view) = outcome.as_ref() else {
             continue;
         };
         // A lossless view still over `min_tokens` would be compressed again by the next pass
@@ -375,7 +382,6 @@ async fn prepare(
         if !redeemable {
             continue;
         }
-        let id = shared.key.entry(&tenant, &output.text);
         if !issued.contains_key(&id) {
             let original: Arc<str> = Arc::from(output.text);
             let entry = Entry {

@@ -148,6 +148,89 @@ async fn the_same_request_twice_sends_identical_bytes() {
     assert_eq!(log[0].body, log[1].body);
 }
 
+/// Sends each (credential, body) in turn through one layer; returns what the upstream got and
+/// how many views came from the view cache.
+async fn turns(layer: CcrLayer, requests: &[(&str, String)]) -> (Vec<Bytes>, u64) {
+    let (upstream, log) = upstream(|_, _| answer("ok", 10));
+    let handle = layer.handle();
+    for (credential, body) in requests {
+        let mut request = post(CHAT_URL, body.clone());
+        request
+            .headers_mut()
+            .insert("authorization", credential.parse().unwrap());
+        let response = layer
+            .layer(upstream.clone())
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let bodies = log.lock().unwrap().iter().map(|r| r.body.clone()).collect();
+    (bodies, handle.stats().await.views_reused)
+}
+
+#[tokio::test]
+async fn a_later_turn_reuses_the_view_and_sends_the_same_bytes_as_without_the_cache() {
+    let output = big_log(1_500);
+    let first = conversation(&output);
+    let mut second = first.clone();
+    second.as_array_mut().unwrap().extend([
+        json!({"role": "assistant", "content": "The gateway refused the card."}),
+        json!({"role": "user", "content": "Which token was it?"}),
+    ]);
+    let requests = [
+        ("Bearer alice", chat_body(first, json!({}))),
+        ("Bearer alice", chat_body(second, json!({}))),
+    ];
+    let (cached, reused) = turns(CcrLayer::new().secret("s"), &requests).await;
+    assert_eq!(reused, 1, "the second turn's output was seen in the first");
+    let (uncached, reused) =
+        turns(CcrLayer::new().secret("s").view_cache_bytes(0), &requests).await;
+    assert_eq!(reused, 0);
+    assert_eq!(cached, uncached, "the cache changes no byte sent upstream");
+    // The history keeps its bytes: the second request starts as the first did.
+    let view = |body: &Bytes| {
+        let json: Value = serde_json::from_slice(body).unwrap();
+        json["messages"][3]["content"].as_str().unwrap().to_owned()
+    };
+    assert!(view(&cached[0]).contains("Retrieve more: hash="));
+    assert_eq!(view(&cached[0]), view(&cached[1]));
+}
+
+#[tokio::test]
+async fn views_are_reused_only_for_the_same_tenant_and_context() {
+    let output = big_log(1_500);
+    let asked = |question: &str| {
+        let mut messages = conversation(&output);
+        messages[1]["content"] = json!(question);
+        chat_body(messages, json!({}))
+    };
+    let (_, reused) = turns(
+        CcrLayer::new(),
+        &[
+            ("Bearer alice", asked("Why did the payment fail?")),
+            ("Bearer bob", asked("Why did the payment fail?")),
+            ("Bearer alice", asked("Which worker was slowest?")),
+        ],
+    )
+    .await;
+    assert_eq!(
+        reused, 0,
+        "another tenant, another question: computed again"
+    );
+    let (_, reused) = turns(
+        CcrLayer::new(),
+        &[
+            ("Bearer alice", asked("Why did the payment fail?")),
+            ("Bearer bob", asked("Why did the payment fail?")),
+            ("Bearer alice", asked("Why did the payment fail?")),
+            ("Bearer bob", asked("Why did the payment fail?")),
+        ],
+    )
+    .await;
+    assert_eq!(reused, 2);
+}
+
 #[tokio::test]
 async fn the_model_retrieves_and_the_client_gets_only_the_final_answer() {
     let (upstream, log) = upstream(|round, request| match round {

@@ -168,6 +168,11 @@ pub struct ProxyArgs {
     #[arg(long, env = "CCR_MAX_BODY_BYTES", default_value = "32MiB", value_parser = parse_size, value_name = "SIZE")]
     pub max_body_bytes: u64,
 
+    /// Memory for views already computed, so an output resent in every later turn is
+    /// compressed once; 0 turns the cache off.
+    #[arg(long, env = "CCR_VIEW_CACHE_BYTES", default_value = "32MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub view_cache_bytes: u64,
+
     /// Name of the injected retrieval tool (1–64 of a-z A-Z 0-9 _ -).
     #[arg(long, env = "CCR_TOOL_NAME", default_value = DEFAULT_TOOL_NAME, value_parser = parse_tool_name, value_name = "NAME")]
     pub tool_name: String,
@@ -332,12 +337,15 @@ impl ProxyArgs {
     pub fn layer(&self, store: impl Store) -> Result<CcrLayer, ConfigError> {
         let max_body_bytes = usize::try_from(self.max_body_bytes)
             .map_err(|_| ConfigError::new("--max-body-bytes is too large for this machine"))?;
+        let view_cache_bytes = usize::try_from(self.view_cache_bytes)
+            .map_err(|_| ConfigError::new("--view-cache-bytes is too large for this machine"))?;
         let mut layer = CcrLayer::new()
             .min_tokens(self.min_tokens)
             .max_rounds(self.max_rounds)
             .ttl(self.ttl)
             .max_age(self.max_age)
             .max_body_bytes(max_body_bytes)
+            .view_cache_bytes(view_cache_bytes)
             .tool_name(self.tool_name.clone())
             .exclude_tools(self.exclude_tools.iter().cloned())
             .store(store);
@@ -463,6 +471,10 @@ mod tests {
         assert_eq!(args.store, StoreSpec::Memory);
         assert_eq!(args.memory_max_bytes, 256 << 20);
         assert_eq!(args.max_body_bytes, crate::DEFAULT_MAX_BODY_BYTES as u64);
+        assert_eq!(
+            args.view_cache_bytes,
+            crate::DEFAULT_VIEW_CACHE_BYTES as u64
+        );
         assert_eq!(args.ttl, Duration::from_secs(30 * 60));
         assert_eq!(args.max_age, Duration::from_secs(24 * 3600));
         assert_eq!(args.min_tokens, DEFAULT_MIN_TOKENS);

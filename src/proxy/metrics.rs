@@ -238,6 +238,11 @@ impl Metrics {
                 stats.tokens_after,
             ),
             (
+                "ccr_views_reused_total",
+                "Tool outputs whose view came from the view cache (seen in an earlier turn).",
+                stats.views_reused,
+            ),
+            (
                 "ccr_continuation_rounds_total",
                 "Continuation requests the layer sent upstream after answering retrieval calls.",
                 stats.continuation_rounds,
