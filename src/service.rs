@@ -519,6 +519,7 @@ where
             issued,
             tenant,
             upstream,
+            first_request: std::sync::OnceLock::new(),
             rounds_started,
         };
         let streamed = StreamedExchange::new(context, filter, inner, request_body, body);
@@ -527,6 +528,7 @@ where
             CcrBody::stream(streamed),
         ));
     }
+    let mut first_request: Option<String> = None;
     loop {
         if !tool_injected || !inspectable(response.headers(), response.status()) {
             return Ok(response.map(CcrBody::passthrough));
@@ -552,13 +554,19 @@ where
             && round < shared.max_rounds
             && round_budget_left(shared, rounds_started)
         {
-            let conversation = upstream.is_none().then_some(request_body.as_str());
+            // Ids are looked up in the request the exchange started with, never in a
+            // continuation: that holds the model's calls and the layer's answers, so an id the
+            // model made up would be "in the conversation" from the second round on.
+            let conversation = upstream
+                .is_none()
+                .then(|| first_request.as_deref().unwrap_or(&request_body));
             let answers = answer_calls(shared, &tenant, &issued, conversation, calls).await;
             round += 1;
             match adapter.continuation(&request_body, text, &answers, round == shared.max_rounds) {
                 Ok(next) => {
                     earlier_usage.extend(adapter.usage(text));
-                    request_body = next;
+                    let replaced = std::mem::replace(&mut request_body, next);
+                    first_request.get_or_insert(replaced);
                     Counters::add(&shared.counters.continuation_rounds, 1);
                     tracing::debug!(
                         api = adapter.name(),

@@ -51,6 +51,10 @@ pub(crate) struct ExchangeContext {
     pub(crate) issued: HashMap<EntryId, Arc<str>>,
     pub(crate) tenant: TenantId,
     pub(crate) upstream: Option<String>,
+    /// The request the exchange started with, kept once a continuation replaces it: ids are
+    /// looked up in it, never in a continuation, which holds the model's calls and the layer's
+    /// answers (an id the model made up would be "in the conversation" there).
+    pub(crate) first_request: std::sync::OnceLock<String>,
     /// When the upstream's first answer arrived: the round budget counts from there.
     pub(crate) rounds_started: std::time::Instant,
 }
@@ -285,12 +289,15 @@ where
         issued,
         tenant,
         upstream,
+        first_request,
         rounds_started,
     } = &*context;
     let Some(response) = response else {
         return (inner, request_body, Outcome::Finish);
     };
-    let conversation = upstream.is_none().then_some(request_body.as_str());
+    let conversation = upstream
+        .is_none()
+        .then(|| first_request.get().unwrap_or(&request_body).as_str());
     if round < shared.max_rounds
         && let Ok(Turn::Retrieve(calls)) = adapter.read_turn(&response, &shared.tool_name)
         && round_budget_left(shared, *rounds_started)
@@ -307,6 +314,7 @@ where
                     "streamed continuation"
                 );
                 let outcome = continue_upstream(&mut inner, parts, &next).await;
+                let _ = first_request.set(request_body);
                 return (inner, next, outcome);
             }
             Err(malformed) => {

@@ -963,3 +963,89 @@ async fn the_opt_out_header_and_excluded_tools_leave_outputs_alone() {
         .unwrap();
     assert!(marker_hash(log_3.lock().unwrap()[0].text()).is_some());
 }
+
+/// A stored original of this tenant that the current conversation never mentions: its id is
+/// refused in every round, also once the continuation (which quotes the model's call and the
+/// layer's refusal) holds it. Streamed and not.
+#[tokio::test]
+async fn an_id_foreign_to_the_conversation_stays_refused_when_the_model_asks_again() {
+    use common::streaming::{read_stream, sse_events, sse_upstream};
+
+    let layer = CcrLayer::new().max_answer_bytes(WHOLE_ANSWERS);
+    let original = big_log(1_500);
+    // Conversation A stores an original and gets its id.
+    let (upstream_a, log_a) = upstream(|_, _| answer("ok", 1));
+    layer
+        .layer(upstream_a)
+        .oneshot(post(
+            CHAT_URL,
+            chat_body(conversation(&original), json!({})),
+        ))
+        .await
+        .unwrap();
+    let foreign = marker_hash(log_a.lock().unwrap()[0].text()).unwrap();
+
+    // Conversation B, same credential, never mentions it; the model asks for it twice.
+    let conversation_b = conversation(&big_log(1_200));
+    let call = |hash: &str| json!({"hash": hash}).to_string();
+    let (upstream_b, log_b) = {
+        let foreign = foreign.clone();
+        upstream(move |round, _| match round {
+            0 | 1 => tool_calls(&[("call_again", "ccr_retrieve", json!({"hash": foreign}))]),
+            _ => answer("done", 1),
+        })
+    };
+    layer
+        .layer(upstream_b)
+        .oneshot(post(CHAT_URL, chat_body(conversation_b.clone(), json!({}))))
+        .await
+        .unwrap();
+    let chunk = |delta: Value, finish: Option<&str>| {
+        let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
+            "model": "gpt-x", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {chunk}\n\n")
+    };
+    let calls = vec![
+        chunk(
+            json!({"role": "assistant", "tool_calls": [{"index": 0, "id": "call_again",
+                "type": "function", "function": {"name": "ccr_retrieve", "arguments": call(&foreign)}}]}),
+            None,
+        ),
+        chunk(json!({}), Some("tool_calls")),
+        "data: [DONE]\n\n".to_owned(),
+    ];
+    let done = vec![
+        chunk(
+            json!({"role": "assistant", "content": "done"}),
+            Some("stop"),
+        ),
+        "data: [DONE]\n\n".to_owned(),
+    ];
+    let (upstream_c, log_c) = sse_upstream(move |round, _| match round {
+        0 | 1 => sse_events(&calls),
+        _ => sse_events(&done),
+    });
+    let response = layer
+        .layer(upstream_c)
+        .oneshot(post(
+            CHAT_URL,
+            chat_body(conversation_b, json!({"stream": true})),
+        ))
+        .await
+        .unwrap();
+    let (_, text, error) = read_stream(response).await;
+    assert!(error.is_none() && text.contains("done"), "{text}");
+
+    for log in [log_b, log_c] {
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 3, "two retrieval rounds and the final one");
+        for continuation in &log[1..] {
+            let answers = retrieval_answers(&continuation.json(), "call_again");
+            assert!(!answers.is_empty());
+            for answer in answers {
+                assert!(answer.contains("is unknown"), "{answer}");
+                assert!(!answer.contains("code=card_declined"));
+            }
+        }
+    }
+}
