@@ -44,6 +44,9 @@ pub struct Stats {
     pub entries: u64,
     /// Bytes the store holds now.
     pub bytes: u64,
+    /// Whether the store answered for `entries` and `bytes`; when it did not (Redis down),
+    /// both are 0 because they are unknown, not because the store is empty.
+    pub store_available: bool,
     /// Requests sent upstream with at least one compressed output.
     pub requests_rewritten: u64,
     /// Requests sent upstream unchanged because of an internal error.
@@ -152,12 +155,15 @@ impl CcrHandle {
 
     /// Statistics since the layer was created, and what the store holds now.
     pub async fn stats(&self) -> Stats {
-        let usage = self.shared.store.usage().await.unwrap_or_default();
+        let usage = self.shared.store.usage().await;
+        let store_available = usage.is_ok();
+        let usage = usage.unwrap_or_default();
         let c = &self.shared.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Stats {
             entries: usage.entries,
             bytes: usage.bytes,
+            store_available,
             requests_rewritten: get(&c.requests_rewritten),
             requests_failed_open: get(&c.requests_failed_open),
             outputs_compressed: get(&c.outputs_compressed),

@@ -692,6 +692,7 @@ async fn healthz_and_metrics_are_the_proxys_own() {
     assert!(value("ccr_tokens_before_total") > 10.0 * value("ccr_tokens_after_total"));
     assert_eq!(value("ccr_retrievals_total{outcome=\"search\"}"), 1.0);
     assert_eq!(value("ccr_continuation_rounds_total"), 1.0);
+    assert_eq!(value("ccr_store_up"), 1.0);
     assert_eq!(value("ccr_store_entries"), 1.0);
     assert!(value("ccr_store_bytes") > 100_000.0);
     // Two chat rounds and the other request reached the OpenAI upstream.
@@ -733,6 +734,37 @@ async fn an_unreachable_upstream_is_a_502_in_the_metrics() {
     );
     assert!(metrics.contains("ccr_proxy_upstream_errors_total{route=\"anthropic\"} 1\n"));
     proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_stalls_the_tls_handshake_is_a_502_within_the_connect_timeout() {
+    // Accepts TCP connections and never answers the ClientHello.
+    let stalled = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stalled.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = stalled.accept().await {
+            connections.push(connection);
+        }
+    });
+    let https: tower_ccr::proxy::Upstream = format!("https://{addr}").parse().unwrap();
+    let routes = Routes::new(https.clone(), https.clone(), https);
+    let proxy =
+        start(Proxy::new(layer(), routes).connect_timeout(Duration::from_millis(300))).await;
+    let started = std::time::Instant::now();
+    let request = Api::Anthropic.post(&proxy, Api::Anthropic.request("hi", false), false);
+    let response = tokio::time::timeout(PATIENCE, client().request(request))
+        .await
+        .expect("the proxy answered")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.stop().await;
+    held.abort();
 }
 
 /// A mock whose response streams whatever the returned slot's sender sends.
@@ -1305,6 +1337,10 @@ mod replicas {
                 "without its store the proxy sends the output whole"
             );
         }
+        // The store's gauges are unknown now, not 0.
+        let (_, _, metrics) = get(&proxy.url("/metrics")).await;
+        assert!(metrics.contains("ccr_store_up 0\n"), "{metrics}");
+        assert!(!metrics.contains("ccr_store_entries"), "{metrics}");
         proxy.stop().await;
     }
 }

@@ -41,7 +41,43 @@ const HOP_BY_HOP: [&str; 9] = [
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The HTTP client to the upstreams: HTTPS (rustls, Mozilla roots) and plain HTTP, HTTP/1.1.
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+type UpstreamClient = Client<ConnectWithin<HttpsConnector<HttpConnector>>, ProxyBody>;
+
+/// A connector whose whole connection (DNS, TCP and the TLS handshake) must be made within
+/// `limit`: `HttpConnector`'s own timeout bounds each TCP attempt only, so an upstream that
+/// accepts and then stalls the handshake would hold the request forever.
+#[derive(Clone)]
+struct ConnectWithin<C> {
+    connector: C,
+    limit: Duration,
+}
+
+impl<C> Service<http::Uri> for ConnectWithin<C>
+where
+    C: Service<http::Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+    C::Response: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.connector.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let limit = self.limit;
+        let connecting = self.connector.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(format!("connecting to the upstream took over {limit:?}").into()),
+            }
+        })
+    }
+}
 
 /// The service the proxy wraps in [`CcrLayer`](crate::CcrLayer): it sends a request to the
 /// upstream [`Routes`] pick (every continuation round of the layer too), with the `Host` of
@@ -80,10 +116,14 @@ impl Forward {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let connector = ConnectWithin {
+            connector: https,
+            limit: connect_timeout,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
-            .build(https);
+            .build(connector);
         Self {
             client,
             routes,

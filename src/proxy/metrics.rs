@@ -162,9 +162,15 @@ impl Metrics {
     ///
     /// let metrics = Metrics::new(["openai"]);
     /// metrics.request(Api::OpenAiChat, Outcome::Success);
-    /// let text = metrics.render(&Default::default());
+    /// let mut stats = tower_ccr::Stats::default();
+    /// stats.store_available = true;
+    /// let text = metrics.render(&stats);
     /// assert!(text.contains("ccr_proxy_requests_total{api=\"openai-chat\",outcome=\"success\"} 1\n"));
-    /// assert!(text.contains("ccr_store_entries 0\n"));
+    /// assert!(text.contains("ccr_store_up 1\n") && text.contains("ccr_store_entries 0\n"));
+    ///
+    /// // A store that did not answer: its gauges are unknown, not 0.
+    /// let text = metrics.render(&tower_ccr::Stats::default());
+    /// assert!(text.contains("ccr_store_up 0\n") && !text.contains("ccr_store_entries"));
     /// ```
     pub fn render(&self, stats: &Stats) -> String {
         let mut out = String::with_capacity(8 * 1024);
@@ -243,6 +249,11 @@ impl Metrics {
                 stats.views_reused,
             ),
             (
+                "ccr_round_budget_exhausted_total",
+                "Exchanges ended because the round budget was spent while the model still asked for originals.",
+                stats.round_budget_exhausted,
+            ),
+            (
                 "ccr_continuation_rounds_total",
                 "Continuation requests the layer sent upstream after answering retrieval calls.",
                 stats.continuation_rounds,
@@ -262,6 +273,7 @@ impl Metrics {
         for (outcome, value) in [
             ("full", retrievals.full),
             ("search", retrievals.search),
+            ("range", retrievals.range),
             ("unknown", retrievals.unknown),
             ("expired", retrievals.expired),
             ("invalid", retrievals.invalid),
@@ -269,16 +281,26 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "ccr_retrievals_total{{outcome=\"{outcome}\"}} {value}");
         }
-        for (name, help, value) in [
-            (
-                "ccr_store_entries",
-                "Originals the store holds now.",
-                stats.entries,
-            ),
-            ("ccr_store_bytes", "Bytes the store holds now.", stats.bytes),
-        ] {
-            header(&mut out, name, "gauge", help);
-            let _ = writeln!(out, "{name} {value}");
+        header(
+            &mut out,
+            "ccr_store_up",
+            "gauge",
+            "1 when the store answered this scrape's usage query, 0 when it failed (Redis down).",
+        );
+        let _ = writeln!(out, "ccr_store_up {}", u8::from(stats.store_available));
+        // Unknown is not empty: with the store down, its gauges are left out.
+        if stats.store_available {
+            for (name, help, value) in [
+                (
+                    "ccr_store_entries",
+                    "Originals the store holds now.",
+                    stats.entries,
+                ),
+                ("ccr_store_bytes", "Bytes the store holds now.", stats.bytes),
+            ] {
+                header(&mut out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {value}");
+            }
         }
         out
     }
@@ -350,5 +372,37 @@ mod tests {
             assert!(value.parse::<f64>().is_ok(), "{line}");
             assert!(name.starts_with("ccr_"), "{line}");
         }
+    }
+
+    #[test]
+    fn every_retrieval_outcome_is_reported() {
+        let metrics = Metrics::new(["openai"]);
+        let stats = Stats {
+            retrievals: crate::RetrievalStats {
+                full: 1,
+                search: 2,
+                range: 3,
+                unknown: 4,
+                expired: 5,
+                invalid: 6,
+                unavailable: 7,
+            },
+            round_budget_exhausted: 8,
+            ..Stats::default()
+        };
+        let text = metrics.render(&stats);
+        for (outcome, count) in [
+            ("full", 1),
+            ("search", 2),
+            ("range", 3),
+            ("unknown", 4),
+            ("expired", 5),
+            ("invalid", 6),
+            ("unavailable", 7),
+        ] {
+            let line = format!("ccr_retrievals_total{{outcome=\"{outcome}\"}} {count}\n");
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.contains("ccr_round_budget_exhausted_total 8\n"));
     }
 }

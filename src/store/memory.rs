@@ -109,6 +109,10 @@ impl MemoryStore {
     }
 
     fn put_now(&self, id: EntryId, entry: Entry, retention: Retention) -> bool {
+        // An entry that expires as it is written cannot back a marker (as in RedisStore).
+        if retention.idle.is_zero() || retention.max_age.is_zero() {
+            return false;
+        }
         let now = self.now_ms();
         self.sweep_if_due(now, retention);
         if let Some(slot) = self.entries.get(&id) {
@@ -321,6 +325,21 @@ mod tests {
         assert_eq!(store.get_now(&id, zero), Lookup::Expired);
         // Gone from the entries, still known as issued: "expired", not "unknown".
         assert_eq!(store.get_now(&id, Retention::default()), Lookup::Expired);
+        // A retention that ends as the entry is written backs no marker.
+        let (other, e) = entry(&key, "gone at once");
+        for retention in [
+            zero,
+            Retention {
+                idle: Duration::ZERO,
+                ..Retention::default()
+            },
+            Retention {
+                max_age: Duration::ZERO,
+                ..Retention::default()
+            },
+        ] {
+            assert!(!store.put_now(other.clone(), e.clone(), retention));
+        }
     }
 
     #[test]

@@ -250,7 +250,10 @@ impl RedisStore {
         }
         let manager = self.connection.current();
         let mut connection = ConnectionManager::clone(&manager);
-        let bound = self.timeout + TIMEOUT_PER_BYTE * u32::try_from(bytes).unwrap_or(u32::MAX);
+        // Saturating: a timeout configured near Duration::MAX must not panic in a request.
+        let bound = self.timeout.saturating_add(
+            TIMEOUT_PER_BYTE.saturating_mul(u32::try_from(bytes).unwrap_or(u32::MAX)),
+        );
         let result = tokio::time::timeout(bound, invocation.invoke_async(&mut connection)).await;
         match result {
             Ok(Ok(value)) => {
