@@ -513,6 +513,39 @@ async fn usage_counts_live_entries_and_their_bytes() {
 }
 
 #[tokio::test]
+async fn bytes_leave_the_count_with_their_entry_even_when_the_issued_mark_expired_with_it() {
+    let ns = Namespace::new("weights");
+    // The issued mark lives as long as the maximum age: both keys expire together.
+    let store = RedisStore::builder(REDIS_URL)
+        .prefix(&ns.prefix)
+        .remember_issued(Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let long = retention(HOUR, HOUR);
+    assert!(
+        store
+            .put(id(2), entry('a', &"z".repeat(2_000)), long)
+            .await
+            .unwrap()
+    );
+    let kept = store.usage().await.unwrap();
+    assert!(
+        store
+            .put(id(1), entry('a', &"y".repeat(5_000)), retention(HOUR, 300))
+            .await
+            .unwrap()
+    );
+    assert!(store.usage().await.unwrap().bytes > kept.bytes + 5_000);
+    let started = Instant::now();
+    while store.usage().await.unwrap().entries != 1 {
+        assert!(started.elapsed() < DEADLINE, "{:?}", store.usage().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.usage().await.unwrap(), kept);
+}
+
+#[tokio::test]
 async fn entries_keep_their_tenant_and_keys_their_prefix() {
     let ns = Namespace::new("tenant");
     let store = ns.store().await;

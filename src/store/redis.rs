@@ -10,6 +10,7 @@
 //! | `<prefix>o:<id>` | hash | `t` tenant, `o` original, `d` digest, `c` created and `a` last access (ms); expires with the entry |
 //! | `<prefix>i:<id>` | string | the entry's weight: the mark that the id was issued, kept long after the original (7 days, at least `max_age`) to tell "expired" from "unknown" |
 //! | `<prefix>x` | sorted set | every entry id by the time its key expires: the entry count |
+//! | `<prefix>w` | hash | every counted entry's weight, by id, with no expiry: what leaves the byte count when the entry does (the issued mark may expire first) |
 //! | `<prefix>b` | string | bytes the entries weigh |
 //!
 //! Every operation is a Lua script (atomic, one round trip; writing an original that is not
@@ -60,6 +61,7 @@ if redis.replicate_commands then redis.replicate_commands() end
 local prefix = ARGV[1]
 local index_key = prefix .. 'x'
 local bytes_key = prefix .. 'b'
+local weights_key = prefix .. 'w'
 local function entry_key(id) return prefix .. 'o:' .. id end
 local function issued_key(id) return prefix .. 'i:' .. id end
 local function now_ms()
@@ -69,7 +71,10 @@ end
 -- Takes an entry whose key is gone or going out of the count.
 local function unaccount(id)
   if redis.call('ZREM', index_key, id) == 1 then
-    local weight = tonumber(redis.call('GET', issued_key(id)) or '0') or 0
+    -- Entries written before the weights hash existed have their weight in the issued mark.
+    local weight = redis.call('HGET', weights_key, id) or redis.call('GET', issued_key(id))
+    weight = tonumber(weight or '0') or 0
+    redis.call('HDEL', weights_key, id)
     redis.call('DECRBY', bytes_key, weight)
   end
 end
@@ -82,7 +87,7 @@ local function sweep(now, limit)
     if ttl > 0 then redis.call('ZADD', index_key, now + ttl, id) else unaccount(id) end
   end
   if redis.call('ZCARD', index_key) == 0 then
-    redis.call('DEL', bytes_key)
+    redis.call('DEL', bytes_key, weights_key)
   elseif (tonumber(redis.call('GET', bytes_key) or '0') or 0) < 0 then
     redis.call('SET', bytes_key, 0)
   end
@@ -128,6 +133,7 @@ redis.call('HSET', key, 't', ARGV[8], 'o', ARGV[9], 'd', digest, 'c', now, 'a', 
 redis.call('PEXPIRE', key, ttl)
 redis.call('SET', issued_key(id), weight, 'PX', math.max(issued, max_age))
 redis.call('ZADD', index_key, now + ttl, id)
+redis.call('HSET', weights_key, id, weight)
 redis.call('INCRBY', bytes_key, weight)
 sweep(now, tonumber(ARGV[10]))
 return 1
