@@ -962,10 +962,8 @@ async fn http2_clients_are_served_too() {
     proxy.stop().await;
 }
 
-#[tokio::test]
-async fn upgrades_are_tunnelled() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // An upstream that accepts an upgrade to `echo` and echoes what it gets.
+/// An upstream that accepts an upgrade to `echo` and echoes what it gets.
+async fn echo_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -994,8 +992,13 @@ async fn upgrades_are_tunnelled() {
             );
         }
     });
-    let proxy = start(Proxy::new(layer(), routes(upstream, upstream, upstream))).await;
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    upstream
+}
+
+/// Opens an `echo` tunnel through the proxy at `addr` and checks that it echoes.
+async fn open_tunnel(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(b"GET /v1/realtime HTTP/1.1\r\nhost: proxy\r\nconnection: upgrade\r\nupgrade: echo\r\nsec-test: kept\r\n\r\n")
         .await
@@ -1009,12 +1012,54 @@ async fn upgrades_are_tunnelled() {
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
+    echoes(&mut stream).await;
+    stream
+}
+
+async fn echoes(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.write_all(b"ping through the tunnel").await.unwrap();
     let mut echoed = [0u8; 23];
     stream.read_exact(&mut echoed).await.unwrap();
     assert_eq!(&echoed, b"ping through the tunnel");
+}
+
+#[tokio::test]
+async fn upgrades_are_tunnelled() {
+    let upstream = echo_upstream().await;
+    let proxy = start(Proxy::new(layer(), routes(upstream, upstream, upstream))).await;
+    let stream = open_tunnel(proxy.addr).await;
     drop(stream);
     proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_tunnel_goes_on_until_the_shutdown_deadline_then_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let upstream = echo_upstream().await;
+    let deadline = Duration::from_millis(600);
+    let proxy =
+        start(Proxy::new(layer(), routes(upstream, upstream, upstream)).shutdown_timeout(deadline))
+            .await;
+    let mut stream = open_tunnel(proxy.addr).await;
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(proxy.stop());
+    // Within the deadline, the tunnel still works and the proxy waits for it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    echoes(&mut stream).await;
+    assert!(!stopping.is_finished(), "serve returned with a tunnel open");
+    // At the deadline it is closed: the client reads the end of the stream.
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
+        .await
+        .expect("the tunnel was closed")
+        .unwrap();
+    assert!(rest.is_empty());
+    assert!(started.elapsed() >= deadline - Duration::from_millis(50));
+    tokio::time::timeout(PATIENCE, stopping)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -91,6 +91,55 @@ pub struct Forward {
     client: UpstreamClient,
     routes: Arc<Routes>,
     metrics: Arc<Metrics>,
+    tunnels: Tunnels,
+}
+
+/// The upgraded connections (WebSockets) a [`Forward`] tunnels: once hyper hands a connection
+/// over, the server's graceful shutdown no longer sees it, so the proxy counts them here and
+/// can close them at its shutdown deadline.
+#[derive(Clone, Debug)]
+pub(crate) struct Tunnels {
+    /// Tunnels open now.
+    open: Arc<tokio::sync::watch::Sender<usize>>,
+    /// Set to `true` to close every tunnel.
+    close: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Self {
+            open: Arc::new(tokio::sync::watch::Sender::new(0)),
+            close: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+}
+
+impl Tunnels {
+    /// Waits until no tunnel is open.
+    pub(crate) async fn all_closed(&self) {
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|open| *open == 0).await;
+    }
+
+    /// Closes every tunnel (open now or opened later) and waits until they are gone.
+    pub(crate) async fn close_all(&self) {
+        self.close.send_replace(true);
+        self.all_closed().await;
+    }
+
+    /// Counts a tunnel as open until the returned guard is dropped.
+    fn opened(&self) -> TunnelGuard {
+        self.open.send_modify(|open| *open += 1);
+        TunnelGuard(self.open.clone())
+    }
+}
+
+struct TunnelGuard(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open -= 1);
+    }
 }
 
 impl std::fmt::Debug for Forward {
@@ -128,7 +177,13 @@ impl Forward {
             client,
             routes,
             metrics,
+            tunnels: Tunnels::default(),
         }
+    }
+
+    /// The tunnels this forwarder (and its clones) opened.
+    pub(crate) fn tunnels(&self) -> Tunnels {
+        self.tunnels.clone()
     }
 }
 
@@ -167,6 +222,7 @@ impl Service<Request<ProxyBody>> for Forward {
         *request.version_mut() = Version::HTTP_11;
         let sent = self.client.request(request);
         let metrics = self.metrics.clone();
+        let tunnels = self.tunnels.clone();
         Box::pin(async move {
             match sent.await {
                 Ok(mut response) => {
@@ -189,7 +245,12 @@ impl Service<Request<ProxyBody>> for Forward {
                                 headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
                                 headers.insert(UPGRADE, protocol);
                             }
-                            tokio::spawn(tunnel(route, client_upgrade, upstream_upgrade));
+                            let guard = tunnels.opened();
+                            let closing = tunnels.close.subscribe();
+                            tokio::spawn(async move {
+                                let _open = guard;
+                                tunnel(route, client_upgrade, upstream_upgrade, closing).await;
+                            });
                         }
                         _ => remove_hop_by_hop(response.headers_mut()),
                     }
@@ -233,9 +294,20 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Copies bytes both ways between an upgraded client connection and its upstream connection.
-async fn tunnel(route: String, client: OnUpgrade, upstream: OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
+/// Copies bytes both ways between an upgraded client connection and its upstream connection,
+/// until either side closes or `closing` turns `true` (the proxy's shutdown deadline).
+async fn tunnel(
+    route: String,
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let upgraded = async { tokio::try_join!(client, upstream) };
+    let upgraded = tokio::select! {
+        upgraded = upgraded => upgraded,
+        () = close_requested(&mut closing) => return,
+    };
+    let (client, upstream) = match upgraded {
         Ok(both) => both,
         Err(error) => {
             tracing::debug!(route, %error, "upgrade failed");
@@ -243,9 +315,22 @@ async fn tunnel(route: String, client: OnUpgrade, upstream: OnUpgrade) {
         }
     };
     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((sent, received)) => tracing::debug!(route, sent, received, "tunnel closed"),
-        Err(error) => tracing::debug!(route, %error, "tunnel broke"),
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
+            Ok((sent, received)) => tracing::debug!(route, sent, received, "tunnel closed"),
+            Err(error) => tracing::debug!(route, %error, "tunnel broke"),
+        },
+        () = close_requested(&mut closing) => {
+            tracing::debug!(route, "tunnel closed at the shutdown deadline");
+        }
+    }
+}
+
+/// Completes when the tunnels are told to close; never when the forwarder that could tell them
+/// is gone (a tunnel then lives until one of its sides closes).
+async fn close_requested(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -112,19 +112,21 @@ impl Proxy {
 
     /// Serves connections from `listener` until `shutdown` completes; then stops accepting,
     /// lets in-flight requests and streams finish (HTTP/1.1 connections close after their
-    /// current response, HTTP/2 ones get a GOAWAY) for at most the shutdown timeout, and
-    /// returns.
+    /// current response, HTTP/2 ones get a GOAWAY; upgraded connections such as WebSockets
+    /// go on) for at most the shutdown timeout, closes what is left, and returns.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> io::Result<()> {
+        let forward = Forward::new(
+            self.routes.clone(),
+            self.metrics.clone(),
+            self.connect_timeout,
+        );
+        let tunnels = forward.tunnels();
         let app = App {
-            service: self.layer.layer(Forward::new(
-                self.routes.clone(),
-                self.metrics.clone(),
-                self.connect_timeout,
-            )),
+            service: self.layer.layer(forward),
             handle: self.layer.handle(),
             metrics: self.metrics.clone(),
         };
@@ -174,14 +176,21 @@ impl Proxy {
             deadline_s = self.shutdown_timeout.as_secs_f64(),
             "shutting down: letting in-flight requests finish"
         );
+        // Upgraded connections (WebSockets) left hyper's watch when they were handed over:
+        // they get the same deadline.
+        let finished = async {
+            graceful.shutdown().await;
+            tunnels.all_closed().await;
+        };
         tokio::select! {
-            () = graceful.shutdown() => tracing::info!("every connection closed"),
+            () = finished => tracing::info!("every connection closed"),
             () = tokio::time::sleep(self.shutdown_timeout) => tracing::warn!(
                 connections = connections.len(),
                 "shutdown deadline passed; closing the remaining connections"
             ),
         }
         connections.shutdown().await;
+        tunnels.close_all().await;
         Ok(())
     }
 }
