@@ -904,12 +904,21 @@ struct ResponsesStream {
     round: Round,
 }
 
+/// Past the limit, how many of the round's items (the latest by upstream index) are
+/// remembered, to renumber or drop their later events. Items stream one after another, so
+/// only the last one gets events; the others allow for a server that interleaves a few.
+const ITEMS_KEPT_PAST_LIMIT: usize = 16;
+
 /// What the filter keeps of the current round.
 #[derive(Default)]
 struct Round {
     /// Upstream `output_index` -> what becomes of the item's events. Ordered: calls never named
-    /// are settled in upstream order.
+    /// are settled in upstream order. Past the limit, only the latest items (see
+    /// [`ITEMS_KEPT_PAST_LIMIT`]).
     indexes: BTreeMap<u64, Slot>,
+    /// Items were forgotten past the limit: an event of an item not remembered may be one of a
+    /// call of ours, so it is dropped.
+    forgot_items: bool,
     /// The items of `output_item.done`, by upstream index: the response's `output` when the
     /// terminal event carries none.
     done_items: BTreeMap<u64, String>,
@@ -917,7 +926,8 @@ struct Round {
     ending: Vec<SseEvent>,
     /// The terminal event came.
     ended: bool,
-    /// Bytes of `done_items`, `ending` and the events of calls not named yet.
+    /// Bytes of `done_items`, `ending`, the events of calls not named yet and the entries of
+    /// `indexes`.
     held_bytes: usize,
     /// More than the limit was held: nothing more is, and the round is not continued.
     over_limit: bool,
@@ -986,6 +996,11 @@ impl ResponsesStream {
                 (!unnamed).then(|| item.is_ours(&self.tool_name))
             });
             let slot = self.round.indexes.get(&upstream_index);
+            if slot.is_none() && self.round.forgot_items && kind != "response.output_item.added" {
+                // Past the limit, an event of an item not remembered may be one of a forgotten
+                // item, of ours for all the filter knows.
+                return Fate::Dropped;
+            }
             match (slot, verdict) {
                 (None | Some(Slot::Unnamed(_)), Some(ours)) => {
                     let slot = if ours {
@@ -994,9 +1009,7 @@ impl ResponsesStream {
                         self.next_output_index += 1;
                         Slot::Client(self.next_output_index - 1)
                     };
-                    if let Some(Slot::Unnamed(held)) =
-                        self.round.indexes.insert(upstream_index, slot)
-                    {
+                    if let Some(Slot::Unnamed(held)) = self.set_slot(upstream_index, slot) {
                         self.round.held_bytes =
                             self.round.held_bytes.saturating_sub(size_of_events(&held));
                         // What waited for the name goes first (or nowhere, for ours).
@@ -1013,7 +1026,7 @@ impl ResponsesStream {
                         self.round.held_bytes += event.raw.len();
                         Slot::Unnamed(vec![event.clone()])
                     };
-                    self.round.indexes.insert(upstream_index, slot);
+                    self.set_slot(upstream_index, slot);
                     return Fate::Dropped;
                 }
                 (Some(Slot::Unnamed(_)), None) => {
@@ -1026,9 +1039,7 @@ impl ResponsesStream {
                 (None, None) => {
                     // An event of an item the stream never announced: the client's.
                     self.next_output_index += 1;
-                    self.round
-                        .indexes
-                        .insert(upstream_index, Slot::Client(self.next_output_index - 1));
+                    self.set_slot(upstream_index, Slot::Client(self.next_output_index - 1));
                 }
                 // An item first seen through events that did not name it (no
                 // `output_item.added`), now named as ours: it does not reach the client.
@@ -1155,7 +1166,7 @@ impl ResponsesStream {
                 self.next_output_index += 1;
                 Slot::Client(self.next_output_index - 1)
             };
-            if let Some(Slot::Unnamed(held)) = self.round.indexes.insert(upstream_index, slot) {
+            if let Some(Slot::Unnamed(held)) = self.set_slot(upstream_index, slot) {
                 self.round.held_bytes = self.round.held_bytes.saturating_sub(size_of_events(&held));
                 if !ours {
                     self.flush.extend(held);
@@ -1163,6 +1174,24 @@ impl ResponsesStream {
             }
         }
         true
+    }
+
+    /// Sets what becomes of an item's events; the slot it had, if any. A new item's entry counts
+    /// against the limit; past it, the lowest indexes are forgotten to make room (the round
+    /// will not be continued: only items that may still get events are needed).
+    fn set_slot(&mut self, upstream_index: u64, slot: Slot) -> Option<Slot> {
+        let round = &mut self.round;
+        if !round.indexes.contains_key(&upstream_index) {
+            if round.over_limit {
+                while round.indexes.len() >= ITEMS_KEPT_PAST_LIMIT {
+                    round.indexes.pop_first();
+                    round.forgot_items = true;
+                }
+            } else {
+                round.held_bytes += size_of::<(u64, Slot)>();
+            }
+        }
+        round.indexes.insert(upstream_index, slot)
     }
 
     fn keep_done_item(&mut self, upstream_index: u64, item: &str) {
@@ -2610,6 +2639,68 @@ mod tests {
                 );
                 assert_eq!(events.last().unwrap()["type"], "response.completed");
             }
+        }
+
+        #[test]
+        fn item_bookkeeping_stays_bounded() {
+            let limit = 4_096;
+            let bound = limit / size_of::<(u64, Slot)>() + ITEMS_KEPT_PAST_LIMIT;
+            // Events of items never announced: each one a new item, nothing of it held.
+            let mut events = start("resp_1");
+            for index in 0..2_000 {
+                events.push(json!({"type":"response.output_text.delta","item_id":"msg","output_index":index,"content_index":0,"delta":"x","logprobs":[]}));
+            }
+            let mut filter = ResponsesStream::new(TOOL, limit);
+            let mut most_kept = 0;
+            for event in upstream(&events) {
+                filter.event(event, &mut Vec::new());
+                most_kept = most_kept.max(filter.round.indexes.len());
+            }
+            assert!(most_kept <= bound, "{most_kept} items kept");
+
+            // Past the limit, messages and calls of ours, one after another.
+            let mut events = start("resp_1");
+            for index in 0..2_000 {
+                events.extend(if index % 2 == 0 {
+                    message(index, &format!("msg_{index}"), "Still looking.").0
+                } else {
+                    let id = format!("fc_{index}");
+                    call(
+                        index,
+                        &id,
+                        &format!("call_{index}"),
+                        TOOL,
+                        r#"{"hash":"abc"}"#,
+                    )
+                    .0
+                });
+            }
+            // A late event of a call of ours long gone by.
+            events.push(json!({"type":"response.function_call_arguments.delta","item_id":"fc_1","output_index":1,"delta":"late"}));
+            events.push(completed(response(
+                "resp_1",
+                "completed",
+                Value::Null,
+                usage(10, 5),
+            )));
+            let mut filter = ResponsesStream::new(TOOL, limit);
+            let mut client = Vec::new();
+            let mut most_kept = 0;
+            for event in upstream(&events) {
+                filter.event(event, &mut client);
+                most_kept = most_kept.max(filter.round.indexes.len());
+            }
+            assert!(most_kept <= bound, "{most_kept} items kept");
+            assert_eq!(filter.end_round(), None, "over the limit");
+            filter.finish(&mut client);
+            let events = client_events(&client);
+            assert_coherent(&events);
+            assert!(!serde_json::to_string(&events).unwrap().contains("late"));
+            let added = events
+                .iter()
+                .filter(|e| e["type"] == "response.output_item.added")
+                .count();
+            assert_eq!(added, 1_000);
         }
 
         /// Two calls whose events never name them (nor does their done item), after ours.
