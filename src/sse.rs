@@ -38,6 +38,9 @@ pub(crate) struct SseParser {
     buffer: BytesMut,
     /// Where the next unscanned line starts in `buffer`.
     line_start: usize,
+    /// How far `buffer` was searched for a line end (never before `line_start`): a line that
+    /// arrives in many chunks is searched once, not from its start on every chunk.
+    scanned: usize,
     limit: usize,
 }
 
@@ -46,6 +49,7 @@ impl SseParser {
         Self {
             buffer: BytesMut::new(),
             line_start: 0,
+            scanned: 0,
             limit,
         }
     }
@@ -58,15 +62,20 @@ impl SseParser {
     ) -> Result<(), EventTooLarge> {
         self.buffer.extend_from_slice(chunk);
         loop {
-            let rest = &self.buffer[self.line_start..];
-            let Some(at) = memchr::memchr2(b'\r', b'\n', rest) else {
+            let from = self.scanned.max(self.line_start);
+            let Some(at) = memchr::memchr2(b'\r', b'\n', &self.buffer[from..]) else {
+                self.scanned = self.buffer.len();
                 break;
             };
-            let end = self.line_start + at;
+            // Bytes between `line_start` and `from` hold no line end: `end` is past them, so
+            // `end == line_start` still means a blank line.
+            let end = from + at;
             let terminator = if self.buffer[end] == b'\n' {
                 1
             } else if end + 1 == self.buffer.len() {
-                // A CR at the end of what arrived may be the first half of a CRLF.
+                // A CR at the end of what arrived may be the first half of a CRLF: it is
+                // looked at again when more arrives.
+                self.scanned = end;
                 break;
             } else if self.buffer[end + 1] == b'\n' {
                 2
@@ -77,6 +86,7 @@ impl SseParser {
                 // A blank line ends the event.
                 let raw = self.buffer.split_to(end + terminator).freeze();
                 self.line_start = 0;
+                self.scanned = 0;
                 emit(parse(raw));
             } else {
                 self.line_start = end + terminator;
@@ -97,6 +107,7 @@ impl SseParser {
         let complete =
             self.buffer.last() == Some(&b'\r') && self.line_start + 1 == self.buffer.len();
         self.line_start = 0;
+        self.scanned = 0;
         if !self.buffer.is_empty() {
             if !complete {
                 let ending: &[u8] = match self.buffer.last() {
@@ -251,6 +262,36 @@ mod tests {
             assert_eq!(events[0].raw, completed);
             assert_eq!(events_of(&[&events[0].raw]), events, "{unfinished:?}");
         }
+    }
+
+    /// A line that arrives in many small chunks is searched for its end once, not from its
+    /// start on every chunk: a long event costs linear work.
+    #[test]
+    fn a_long_line_in_small_chunks_is_scanned_once() {
+        let mut parser = SseParser::new(64 << 20);
+        parser.push(b"data: ", |_| {}).unwrap();
+        for piece in vec![b'x'; 1 << 20].chunks(1024) {
+            parser.push(piece, |_| panic!("no event yet")).unwrap();
+            assert_eq!(
+                parser.scanned,
+                parser.buffer.len(),
+                "nothing is left to rescan"
+            );
+        }
+        // A CR at the end of a chunk is looked at again: it may be the first half of a CRLF.
+        parser.push(b"\r", |_| panic!("no event yet")).unwrap();
+        assert_eq!(parser.scanned, parser.buffer.len() - 1);
+        let mut events = Vec::new();
+        parser.push(b"\n\r", |event| events.push(event)).unwrap();
+        assert!(events.is_empty());
+        parser
+            .push(b"\ndata: next", |event| events.push(event))
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data.as_ref().map(String::len), Some(1 << 20));
+        assert!(events[0].raw.ends_with(b"x\r\n\r\n"));
+        parser.finish(|event| events.push(event));
+        assert_eq!(events[1].data.as_deref(), Some("next"));
     }
 
     #[test]

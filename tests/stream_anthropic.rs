@@ -607,6 +607,39 @@ async fn a_round_over_max_body_bytes_is_not_continued_and_ends_cleanly() {
     assert_eq!(message["stop_reason"], "end_turn");
 }
 
+/// A round of thousands of blocks over `max_body_bytes`: the filter remembers only the latest
+/// blocks, and still drops every call of ours and numbers the client's blocks densely.
+#[tokio::test]
+async fn a_round_of_many_blocks_over_max_body_bytes_still_hides_our_calls() {
+    let (upstream, log) = sse_upstream(|_, request| {
+        let hash = marker_hash(request.text()).unwrap();
+        let mut events = vec![message_start("msg_01", 100)];
+        for index in 0..3_000 {
+            if index % 2 == 0 {
+                events.extend(text_block(index, "Still looking. "));
+            } else {
+                let id = format!("toolu_r{index}");
+                events.extend(call_block(index, &id, TOOL, &json!({"hash": hash})));
+            }
+        }
+        events.extend(ending("tool_use", 10));
+        sse_events(&events)
+    });
+    let service = CcrLayer::new().max_body_bytes(20_000).layer(upstream);
+    let response = service
+        .oneshot(streaming_request(&big_log(150)))
+        .await
+        .unwrap();
+    let (_, text, error) = read_stream(response).await;
+    assert!(error.is_none());
+    assert_eq!(log.lock().unwrap().len(), 1, "not continued");
+    assert!(!text.contains(TOOL) && !text.contains("toolu_r"));
+    let (message, _) = accumulate(&text);
+    let message = message.unwrap();
+    assert_eq!(message["content"].as_array().unwrap().len(), 1_500);
+    assert_eq!(message["stop_reason"], "end_turn");
+}
+
 #[tokio::test]
 async fn any_chunking_of_the_upstream_stream_gives_the_client_the_same_bytes() {
     // A stream with CRLF line ends, a comment, multi-byte characters and a retrieval.

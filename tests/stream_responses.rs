@@ -490,6 +490,86 @@ async fn in_a_mixed_turn_our_call_is_dropped_and_indexes_stay_dense() {
     );
 }
 
+/// A server that never names some calls, not even in their done items: they reach the client
+/// before the terminal event, in upstream order, at the next dense indexes.
+#[tokio::test]
+async fn calls_never_named_reach_the_client_in_order_at_dense_indexes() {
+    let (upstream, log) = sse_upstream(|_, request| {
+        let hash = marker_hash(request.text()).unwrap();
+        let mut round = Round::new("resp_1", request);
+        let ours = round.call("call_ours", TOOL, &json!({"hash": hash}));
+        let first = round.call("call_first", "", &json!({"cmd": "make"}));
+        let second = round.call("call_second", "", &json!({"cmd": "make test"}));
+        sse_events(&round.completed(json!([ours, first, second]), 500))
+    });
+    let service = CcrLayer::new().layer(upstream);
+    let response = service
+        .oneshot(streaming_request(&big_log(2_000)))
+        .await
+        .unwrap();
+    let (_, text, error) = read_stream(response).await;
+    assert!(error.is_none());
+    assert!(!text.contains("call_ours"));
+    let events = read_events(&text);
+    assert_one_response(&events);
+    keep_for_sdk_check("never-named", &text);
+    let added: Vec<(&str, u64)> = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_item.added")
+        .map(|e| {
+            (
+                e["item"]["call_id"].as_str().unwrap(),
+                e["output_index"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(added, [("call_first", 0), ("call_second", 1)]);
+    assert_eq!(log.lock().unwrap().len(), 1, "the client has calls to run");
+}
+
+/// A call the stream never names but the terminal response names ours is answered, and none
+/// of its events reach the client.
+#[tokio::test]
+async fn a_call_named_only_by_the_terminal_response_is_answered_and_hidden() {
+    let (upstream, log) = sse_upstream(|round, request| match round {
+        0 => {
+            let hash = marker_hash(request.text()).unwrap();
+            let mut first = Round::new("resp_1", request);
+            first.reasoning();
+            let reasoning = json!({"id": "rs_resp_1_0", "type": "reasoning", "summary": [],
+                "encrypted_content": ENCRYPTED});
+            let arguments = json!({"hash": hash, "query": "payment refused"});
+            let mut ours = first.call("call_r1", "", &arguments);
+            ours["name"] = json!(TOOL);
+            sse_events(&first.completed(json!([reasoning, ours]), 1_000))
+        }
+        _ => {
+            let mut second = Round::new("resp_2", request);
+            let message = second.message("Token tok_4242 was declined.");
+            sse_events(&second.completed(json!([message]), 300))
+        }
+    });
+    let service = CcrLayer::new().layer(upstream);
+    let response = service
+        .oneshot(streaming_request(&big_log(2_000)))
+        .await
+        .unwrap();
+    let (_, text, error) = read_stream(response).await;
+    assert!(error.is_none());
+    assert!(
+        !text.contains("call_r1"),
+        "our call reached the client: {text}"
+    );
+    let events = read_events(&text);
+    assert_one_response(&events);
+    keep_for_sdk_check("named-by-the-terminal", &text);
+    assert_eq!(text_of(&events), "Token tok_4242 was declined.");
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 2, "answered and continued");
+    let answers = outputs_for(&log[1].json(), "call_r1");
+    assert!(answers[0].contains("card_declined"), "{}", answers[0]);
+}
+
 /// The client's error event: the API's `error` event with the SDK's members, and the nested
 /// `error` object the Python SDK raises `APIError` on.
 fn assert_error_event(event: &Value, message_contains: &str) {

@@ -523,6 +523,11 @@ struct MessagesStream {
     round: Round,
 }
 
+/// Past the limit, how many of the round's latest blocks are remembered, to renumber or drop
+/// their later events. Anthropic streams blocks one after another, so only the last one gets
+/// events; the others allow for a server that interleaves a few.
+const BLOCKS_KEPT_PAST_LIMIT: usize = 16;
+
 /// What the current round streamed so far.
 #[derive(Default)]
 struct Round {
@@ -530,7 +535,12 @@ struct Round {
     message: Option<String>,
     /// The usage of `message_start`, kept over the limit: it is summed.
     start_usage: Option<String>,
+    /// Every block of the round; past the limit, only the latest (see
+    /// [`BLOCKS_KEPT_PAST_LIMIT`]).
     blocks: Vec<StreamedBlock>,
+    /// Blocks were forgotten past the limit: an event of a block not remembered may be one of a
+    /// call of ours, so it is dropped.
+    forgot_blocks: bool,
     /// The round's ending events, held until the driver knows whether another round follows.
     message_delta: Option<SseEvent>,
     message_stop: Option<SseEvent>,
@@ -748,10 +758,18 @@ impl MessagesStream {
             Some(self.next_index - 1)
         };
         let mut content = BlockContent::default();
-        if self.hold(block.map_or(0, |block| block.get().len())) {
+        // The block's bookkeeping counts too: a start that carries nothing is not free.
+        let size = size_of::<StreamedBlock>() + block.map_or(0, |block| block.get().len());
+        if self.hold(size) {
             content.start = block
                 .map(|block| block.get().to_owned())
                 .unwrap_or_default();
+        } else if self.round.blocks.len() >= BLOCKS_KEPT_PAST_LIMIT {
+            // The round will not be assembled: only the blocks that may still get events are
+            // needed.
+            let forgotten = self.round.blocks.len() + 1 - BLOCKS_KEPT_PAST_LIMIT;
+            self.round.blocks.drain(..forgotten);
+            self.round.forgot_blocks = true;
         }
         self.round.blocks.push(StreamedBlock {
             upstream_index,
@@ -775,8 +793,11 @@ impl MessagesStream {
                     .rposition(|block| block.upstream_index == index)
             });
         let Some(position) = position else {
-            // A block whose start this filter did not see: not ours to change.
-            out.push(event.raw.clone());
+            // A block whose start this filter did not see: not ours to change. Unless it may
+            // be a forgotten one, of ours for all the filter knows.
+            if !self.round.forgot_blocks {
+                out.push(event.raw.clone());
+            }
             return;
         };
         if let Some(delta) = members.get("delta")
@@ -2074,6 +2095,51 @@ data: {"content_block":{"id":"toolu_R1""#,
         let mut filter = filter(round.len());
         feed(filter.as_mut(), &round);
         assert!(filter.end_round().is_some());
+    }
+
+    #[test]
+    fn block_bookkeeping_stays_bounded() {
+        let limit = 4_096;
+        let mut stream = message_start("msg_01", json!({"input_tokens": 5, "output_tokens": 1}));
+        // Starts that carry no block: nothing of them is assembled, but each is remembered.
+        for index in 0..2_000 {
+            stream += &frame(&json!({"type": "content_block_start", "index": index}));
+        }
+        // Past the limit, text blocks and calls of ours, one after another.
+        for index in 2_000..4_000 {
+            stream += &if index % 2 == 0 {
+                text_block(index, "word ")
+            } else {
+                call_block(
+                    index,
+                    &format!("toolu_{index}"),
+                    TOOL,
+                    &["{\"hash\":\"abc\"}"],
+                )
+            };
+        }
+        // A late delta of a call of ours long gone by.
+        stream += &delta(
+            2_001,
+            json!({"type": "input_json_delta", "partial_json": "late"}),
+        );
+        stream += &ending("tool_use", json!({"output_tokens": 30}));
+        let mut filter = MessagesStream::new(TOOL, limit);
+        let mut client = Vec::new();
+        let mut most_kept = 0;
+        for event in parse(stream.as_bytes()) {
+            filter.event(event, &mut client);
+            most_kept = most_kept.max(filter.round.blocks.len());
+        }
+        assert!(most_kept <= 64, "{most_kept} blocks kept");
+        assert_eq!(filter.end_round(), None, "over the limit");
+        filter.finish(&mut client);
+        let client = concat(client);
+        assert!(!client.contains(TOOL) && !client.contains("late"));
+        let message = accumulate(&client);
+        assert_eq!(message["content"].as_array().unwrap().len(), 2_000 + 1_000);
+        assert_eq!(message["content"][2_000]["text"], "word ");
+        assert_eq!(message["stop_reason"], "end_turn");
     }
 
     #[test]

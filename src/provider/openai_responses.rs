@@ -874,6 +874,11 @@ enum Slot {
     Ours,
     /// A function call not named yet: its events wait for the name.
     Unnamed(Vec<SseEvent>),
+    /// A call still not named when the round went over the limit. Nothing more of it is held,
+    /// and since it may be ours, none of its events reach the client: the round is not
+    /// continued, so no one would answer it. When it is the client's, the terminal response
+    /// still lists it.
+    Withheld,
 }
 
 /// One streamed Responses exchange (see [`StreamFilter`]). The client sees one response: the
@@ -899,11 +904,21 @@ struct ResponsesStream {
     round: Round,
 }
 
+/// Past the limit, how many of the round's items (the latest by upstream index) are
+/// remembered, to renumber or drop their later events. Items stream one after another, so
+/// only the last one gets events; the others allow for a server that interleaves a few.
+const ITEMS_KEPT_PAST_LIMIT: usize = 16;
+
 /// What the filter keeps of the current round.
 #[derive(Default)]
 struct Round {
-    /// Upstream `output_index` -> what becomes of the item's events.
-    indexes: HashMap<u64, Slot>,
+    /// Upstream `output_index` -> what becomes of the item's events. Ordered: calls never named
+    /// are settled in upstream order. Past the limit, only the latest items (see
+    /// [`ITEMS_KEPT_PAST_LIMIT`]).
+    indexes: BTreeMap<u64, Slot>,
+    /// Items were forgotten past the limit: an event of an item not remembered may be one of a
+    /// call of ours, so it is dropped.
+    forgot_items: bool,
     /// The items of `output_item.done`, by upstream index: the response's `output` when the
     /// terminal event carries none.
     done_items: BTreeMap<u64, String>,
@@ -911,7 +926,8 @@ struct Round {
     ending: Vec<SseEvent>,
     /// The terminal event came.
     ended: bool,
-    /// Bytes of `done_items` and `ending`.
+    /// Bytes of `done_items`, `ending`, the events of calls not named yet and the entries of
+    /// `indexes`.
     held_bytes: usize,
     /// More than the limit was held: nothing more is, and the round is not continued.
     over_limit: bool,
@@ -950,15 +966,12 @@ impl ResponsesStream {
         let kind = string_member(&members, "type");
         let kind = kind.as_deref().unwrap_or_default();
         if TERMINAL_EVENTS.contains(&kind) {
-            self.round.ended = true;
-            // Calls never named are not ours: what they held goes out before the end.
-            for slot in self.round.indexes.values_mut() {
-                if let Slot::Unnamed(held) = slot {
-                    self.flush.append(held);
-                    self.next_output_index += 1;
-                    *slot = Slot::Client(self.next_output_index - 1);
-                }
+            // What calls never named held is judged (numbered, its done item kept) before the
+            // round ends, then the terminal event is judged again.
+            if self.settle_unnamed(&members) {
+                return Fate::Retry;
             }
+            self.round.ended = true;
             return Fate::Ending;
         }
         if START_EVENTS.contains(&kind) && self.continued {
@@ -983,6 +996,11 @@ impl ResponsesStream {
                 (!unnamed).then(|| item.is_ours(&self.tool_name))
             });
             let slot = self.round.indexes.get(&upstream_index);
+            if slot.is_none() && self.round.forgot_items && kind != "response.output_item.added" {
+                // Past the limit, an event of an item not remembered may be one of a forgotten
+                // item, of ours for all the filter knows.
+                return Fate::Dropped;
+            }
             match (slot, verdict) {
                 (None | Some(Slot::Unnamed(_)), Some(ours)) => {
                     let slot = if ours {
@@ -991,9 +1009,9 @@ impl ResponsesStream {
                         self.next_output_index += 1;
                         Slot::Client(self.next_output_index - 1)
                     };
-                    if let Some(Slot::Unnamed(held)) =
-                        self.round.indexes.insert(upstream_index, slot)
-                    {
+                    if let Some(Slot::Unnamed(held)) = self.set_slot(upstream_index, slot) {
+                        self.round.held_bytes =
+                            self.round.held_bytes.saturating_sub(size_of_events(&held));
                         // What waited for the name goes first (or nowhere, for ours).
                         if !ours {
                             self.flush = held;
@@ -1002,10 +1020,13 @@ impl ResponsesStream {
                     }
                 }
                 (None, None) if item.is_some() => {
-                    self.round
-                        .indexes
-                        .insert(upstream_index, Slot::Unnamed(vec![event.clone()]));
-                    self.round.held_bytes += event.raw.len();
+                    let slot = if self.round.over_limit {
+                        Slot::Withheld
+                    } else {
+                        self.round.held_bytes += event.raw.len();
+                        Slot::Unnamed(vec![event.clone()])
+                    };
+                    self.set_slot(upstream_index, slot);
                     return Fate::Dropped;
                 }
                 (Some(Slot::Unnamed(_)), None) => {
@@ -1018,9 +1039,7 @@ impl ResponsesStream {
                 (None, None) => {
                     // An event of an item the stream never announced: the client's.
                     self.next_output_index += 1;
-                    self.round
-                        .indexes
-                        .insert(upstream_index, Slot::Client(self.next_output_index - 1));
+                    self.set_slot(upstream_index, Slot::Client(self.next_output_index - 1));
                 }
                 // An item first seen through events that did not name it (no
                 // `output_item.added`), now named as ours: it does not reach the client.
@@ -1095,6 +1114,86 @@ impl ResponsesStream {
         splice.apply(response)
     }
 
+    /// At the terminal event, settles the calls never named, in upstream order: one the
+    /// terminal response's `output` names ours (the item at its index, or one with its `id` or
+    /// `call_id`) is dropped with what it held, any other becomes the client's next item, its
+    /// held events to send before the terminal event. False when there were none.
+    fn settle_unnamed(&mut self, terminal: &OrderedObject<'_>) -> bool {
+        let unnamed: Vec<u64> = self
+            .round
+            .indexes
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Unnamed(_)))
+            .map(|(index, _)| *index)
+            .collect();
+        if unnamed.is_empty() {
+            return false;
+        }
+        // The terminal response's items, by upstream `output_index`: ours or not; and the ids
+        // of ours.
+        let (ours_at, our_ids) = terminal
+            .get("response")
+            .and_then(|response| object(response.get()).ok())
+            .and_then(|response| {
+                let items = output_items(&response).ok()?;
+                let ours_at: Vec<bool> = items
+                    .iter()
+                    .map(|item| item.is_ours(&self.tool_name))
+                    .collect();
+                let our_ids: Vec<String> = items
+                    .iter()
+                    .filter(|item| item.is_ours(&self.tool_name))
+                    .flat_map(|item| item_ids(&item.members))
+                    .collect();
+                Some((ours_at, our_ids))
+            })
+            .unwrap_or_default();
+        for upstream_index in unnamed {
+            let ours_by_index = usize::try_from(upstream_index)
+                .ok()
+                .and_then(|at| ours_at.get(at).copied())
+                .unwrap_or(false);
+            let ours_by_id = || match self.round.indexes.get(&upstream_index) {
+                Some(Slot::Unnamed(held)) => {
+                    held_item_ids(held).iter().any(|id| our_ids.contains(id))
+                }
+                _ => false,
+            };
+            let ours = ours_by_index || ours_by_id();
+            let slot = if ours {
+                Slot::Ours
+            } else {
+                self.next_output_index += 1;
+                Slot::Client(self.next_output_index - 1)
+            };
+            if let Some(Slot::Unnamed(held)) = self.set_slot(upstream_index, slot) {
+                self.round.held_bytes = self.round.held_bytes.saturating_sub(size_of_events(&held));
+                if !ours {
+                    self.flush.extend(held);
+                }
+            }
+        }
+        true
+    }
+
+    /// Sets what becomes of an item's events; the slot it had, if any. A new item's entry counts
+    /// against the limit; past it, the lowest indexes are forgotten to make room (the round
+    /// will not be continued: only items that may still get events are needed).
+    fn set_slot(&mut self, upstream_index: u64, slot: Slot) -> Option<Slot> {
+        let round = &mut self.round;
+        if !round.indexes.contains_key(&upstream_index) {
+            if round.over_limit {
+                while round.indexes.len() >= ITEMS_KEPT_PAST_LIMIT {
+                    round.indexes.pop_first();
+                    round.forgot_items = true;
+                }
+            } else {
+                round.held_bytes += size_of::<(u64, Slot)>();
+            }
+        }
+        round.indexes.insert(upstream_index, slot)
+    }
+
     fn keep_done_item(&mut self, upstream_index: u64, item: &str) {
         if self.round.over_limit {
             return;
@@ -1145,6 +1244,13 @@ impl ResponsesStream {
         self.round.over_limit = true;
         self.round.done_items = BTreeMap::new();
         self.round.held_bytes = 0;
+        // Calls not named yet hold nothing more either; since any may be ours, none of their
+        // events go to the client.
+        for slot in self.round.indexes.values_mut() {
+            if matches!(slot, Slot::Unnamed(_)) {
+                *slot = Slot::Withheld;
+            }
+        }
         self.release(out);
     }
 
@@ -1154,6 +1260,30 @@ impl ResponsesStream {
             self.send(event, Fate::Ending, out);
         }
     }
+}
+
+/// The non-empty `id` and `call_id` of an output item.
+fn item_ids(item: &OrderedObject<'_>) -> Vec<String> {
+    ["id", "call_id"]
+        .into_iter()
+        .filter_map(|key| string_member(item, key))
+        .filter(|id| !id.is_empty())
+        .map(Cow::into_owned)
+        .collect()
+}
+
+/// The ids of the item a call not named yet was announced with (its first held event).
+fn held_item_ids(held: &[SseEvent]) -> Vec<String> {
+    held.first()
+        .and_then(|event| object(event.data.as_deref()?).ok())
+        .and_then(|members| object(members.get("item")?.get()).ok())
+        .map(|item| item_ids(&item))
+        .unwrap_or_default()
+}
+
+/// The bytes of `events` as they came.
+fn size_of_events(events: &[SseEvent]) -> usize {
+    events.iter().map(|event| event.raw.len()).sum()
 }
 
 /// `response` with its `output` rebuilt from the round's `output_item.done` items when the
@@ -2453,6 +2583,216 @@ mod tests {
             let outs = feed(filter.as_mut(), first);
             assert!(outs.last().unwrap().is_empty());
             assert!(filter.end_round().is_some());
+        }
+
+        /// The bytes the round holds in events of calls not named yet.
+        fn held_unnamed(filter: &ResponsesStream) -> usize {
+            filter
+                .round
+                .indexes
+                .values()
+                .map(|slot| match slot {
+                    Slot::Unnamed(held) => size_of_events(held),
+                    _ => 0,
+                })
+                .sum()
+        }
+
+        #[test]
+        fn a_call_not_named_holds_no_more_than_the_limit() {
+            let limit = 4_096;
+            for later_name in [TOOL, "bash"] {
+                let (message_events, message_done) = message(0, "msg_1", "Looking.");
+                let mut events = start("resp_1");
+                events.extend(message_events);
+                events.push(json!({"type":"response.output_item.added","output_index":1,"item":{"id":"fc_1","type":"function_call","status":"in_progress","arguments":"","call_id":"call_1","name":""}}));
+                for _ in 0..1_000 {
+                    events.push(json!({"type":"response.function_call_arguments.delta","item_id":"fc_1","output_index":1,"delta":"x".repeat(100)}));
+                }
+                let done = json!({"id":"fc_1","type":"function_call","status":"completed","arguments":"x","call_id":"call_1","name":later_name});
+                events
+                    .push(json!({"type":"response.output_item.done","output_index":1,"item":done}));
+                events.push(completed(response(
+                    "resp_1",
+                    "completed",
+                    json!([message_done, done]),
+                    usage(10, 5),
+                )));
+                let mut filter = ResponsesStream::new(TOOL, limit);
+                let mut client = Vec::new();
+                let mut most_held = 0;
+                for event in upstream(&events) {
+                    filter.event(event, &mut client);
+                    most_held = most_held.max(held_unnamed(&filter));
+                }
+                assert!(most_held <= limit, "{most_held} bytes held");
+                assert_eq!(filter.end_round(), None, "over the limit");
+                filter.finish(&mut client);
+                let events = client_events(&client);
+                assert_coherent(&events);
+                // Its name came too late: the call may have been ours, so nothing of it went.
+                assert!(
+                    events
+                        .iter()
+                        .all(|e| e["item_id"] != "fc_1" && e["item"]["id"] != "fc_1"),
+                    "{later_name}"
+                );
+                assert_eq!(events.last().unwrap()["type"], "response.completed");
+            }
+        }
+
+        #[test]
+        fn item_bookkeeping_stays_bounded() {
+            let limit = 4_096;
+            let bound = limit / size_of::<(u64, Slot)>() + ITEMS_KEPT_PAST_LIMIT;
+            // Events of items never announced: each one a new item, nothing of it held.
+            let mut events = start("resp_1");
+            for index in 0..2_000 {
+                events.push(json!({"type":"response.output_text.delta","item_id":"msg","output_index":index,"content_index":0,"delta":"x","logprobs":[]}));
+            }
+            let mut filter = ResponsesStream::new(TOOL, limit);
+            let mut most_kept = 0;
+            for event in upstream(&events) {
+                filter.event(event, &mut Vec::new());
+                most_kept = most_kept.max(filter.round.indexes.len());
+            }
+            assert!(most_kept <= bound, "{most_kept} items kept");
+
+            // Past the limit, messages and calls of ours, one after another.
+            let mut events = start("resp_1");
+            for index in 0..2_000 {
+                events.extend(if index % 2 == 0 {
+                    message(index, &format!("msg_{index}"), "Still looking.").0
+                } else {
+                    let id = format!("fc_{index}");
+                    call(
+                        index,
+                        &id,
+                        &format!("call_{index}"),
+                        TOOL,
+                        r#"{"hash":"abc"}"#,
+                    )
+                    .0
+                });
+            }
+            // A late event of a call of ours long gone by.
+            events.push(json!({"type":"response.function_call_arguments.delta","item_id":"fc_1","output_index":1,"delta":"late"}));
+            events.push(completed(response(
+                "resp_1",
+                "completed",
+                Value::Null,
+                usage(10, 5),
+            )));
+            let mut filter = ResponsesStream::new(TOOL, limit);
+            let mut client = Vec::new();
+            let mut most_kept = 0;
+            for event in upstream(&events) {
+                filter.event(event, &mut client);
+                most_kept = most_kept.max(filter.round.indexes.len());
+            }
+            assert!(most_kept <= bound, "{most_kept} items kept");
+            assert_eq!(filter.end_round(), None, "over the limit");
+            filter.finish(&mut client);
+            let events = client_events(&client);
+            assert_coherent(&events);
+            assert!(!serde_json::to_string(&events).unwrap().contains("late"));
+            let added = events
+                .iter()
+                .filter(|e| e["type"] == "response.output_item.added")
+                .count();
+            assert_eq!(added, 1_000);
+        }
+
+        /// Two calls whose events never name them (nor does their done item), after ours.
+        fn calls_never_named(terminal_output: Value) -> Vec<SseEvent> {
+            let (ours, _) = call(0, "fc_0", "call_r1", TOOL, r#"{"hash":"abc"}"#);
+            let (first, _) = call(1, "fc_1", "call_c1", "", r#"{"cmd":"make"}"#);
+            let (second, _) = call(2, "fc_2", "call_c2", "", r#"{"cmd":"ls"}"#);
+            let mut events = start("resp_1");
+            events.extend(ours);
+            events.extend(first);
+            events.extend(second);
+            events.push(completed(response(
+                "resp_1",
+                "completed",
+                terminal_output,
+                usage(10, 5),
+            )));
+            upstream(&events)
+        }
+
+        #[test]
+        fn calls_never_named_follow_in_order_at_dense_indexes() {
+            // Each filter's map has its own hash seed: the order must not depend on it.
+            for _ in 0..20 {
+                let mut filter = new_filter();
+                let mut client: Vec<Bytes> = feed(filter.as_mut(), calls_never_named(Value::Null))
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                // The output is rebuilt from the done items: the client's two calls are in it.
+                let response = filter.end_round().unwrap();
+                let response: Value = serde_json::from_str(&response).unwrap();
+                let call_ids: Vec<&str> = response["output"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|item| item["call_id"].as_str().unwrap())
+                    .collect();
+                assert_eq!(call_ids, ["call_r1", "call_c1", "call_c2"]);
+                filter.finish(&mut client);
+                let events = client_events(&client);
+                assert_coherent(&events);
+                let calls: Vec<(&str, u64)> = events
+                    .iter()
+                    .filter(|e| e["type"] == "response.output_item.added")
+                    .map(|e| {
+                        (
+                            e["item"]["call_id"].as_str().unwrap(),
+                            e["output_index"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(calls, [("call_c1", 0), ("call_c2", 1)]);
+                assert_eq!(events.len(), 2 + 5 + 5 + 1);
+                assert!(events[2..7].iter().all(|e| e["output_index"] == 0));
+                assert!(events[7..12].iter().all(|e| e["output_index"] == 1));
+            }
+        }
+
+        #[test]
+        fn a_call_the_terminal_response_names_ours_stays_hidden() {
+            let output = json!([
+                {"id":"fc_0","type":"function_call","status":"completed","arguments":r#"{"hash":"abc"}"#,"call_id":"call_r1","name":TOOL},
+                {"id":"fc_1","type":"function_call","status":"completed","arguments":r#"{"cmd":"make"}"#,"call_id":"call_c1","name":TOOL},
+                {"id":"fc_2","type":"function_call","status":"completed","arguments":r#"{"cmd":"ls"}"#,"call_id":"call_c2","name":"bash"}
+            ]);
+            // Known by its index in the output, or by its id when the output lists only some.
+            let ours_alone = json!([output[1].clone()]);
+            for output in [output, ours_alone] {
+                let mut filter = new_filter();
+                let mut client: Vec<Bytes> = feed(filter.as_mut(), calls_never_named(output))
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                assert!(filter.end_round().is_some());
+                filter.finish(&mut client);
+                let events = client_events(&client);
+                assert_coherent(&events);
+                assert!(
+                    events
+                        .iter()
+                        .all(|e| e["item_id"] != "fc_1" && e["item"]["id"] != "fc_1"),
+                    "the call named ours at the end went to the client"
+                );
+                let added: Vec<&Value> = events
+                    .iter()
+                    .filter(|e| e["type"] == "response.output_item.added")
+                    .collect();
+                assert_eq!(added.len(), 1);
+                assert_eq!(added[0]["item"]["call_id"], "call_c2");
+                assert_eq!(added[0]["output_index"], 0);
+            }
         }
 
         #[test]
