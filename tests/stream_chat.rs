@@ -525,3 +525,137 @@ async fn the_streamed_body_is_send_and_sync() {
     let text = response.into_body().collect().await.unwrap().to_bytes();
     assert!(text.ends_with(DONE.as_bytes()));
 }
+
+/// A retrieval turn with provider fields: Gemini's thought signature on the call, OpenRouter's
+/// `reasoning_details` (an array streamed in pieces) and a string member on the delta.
+fn turn_with_provider_fields(hash: &str) -> (Vec<String>, Value) {
+    let arguments = json!({"hash": hash}).to_string();
+    let detail = |text: &str| json!({"type": "reasoning.text", "text": text, "format": "unknown"});
+    let events = vec![
+        chunk(
+            "c1",
+            json!({"role": "assistant", "content": null, "reasoning_details": [detail("Look ")]}),
+            None,
+        ),
+        chunk(
+            "c1",
+            json!({"reasoning_content": "Thinking", "reasoning_details": [detail("it up.")]}),
+            None,
+        ),
+        chunk(
+            "c1",
+            json!({"tool_calls": [{"index": 0, "id": "call_r1", "type": "function",
+                "function": {"name": TOOL, "arguments": arguments},
+                "extra_content": {"google": {"thought_signature": "SIG"}}}]}),
+            None,
+        ),
+        chunk("c1", json!({}), Some("tool_calls")),
+        DONE.into(),
+    ];
+    let message = json!({"role": "assistant", "content": null, "reasoning_content": "Thinking",
+        "reasoning_details": [detail("Look "), detail("it up.")],
+        "tool_calls": [{"id": "call_r1", "type": "function",
+            "function": {"name": TOOL, "arguments": arguments},
+            "extra_content": {"google": {"thought_signature": "SIG"}}}]});
+    (events, message)
+}
+
+/// The continuation of a streamed round replays what the model sent as the non-streamed path
+/// replays the same turn: provider fields of the call (Gemini 3 refuses a continuation without
+/// its thought signature) and non-string members of the delta.
+#[tokio::test]
+async fn a_streamed_calls_provider_fields_go_back_in_the_continuation() {
+    let (streaming, log) = sse_upstream(|round, request| match round {
+        0 => sse_events(&turn_with_provider_fields(&marker_hash(request.text()).unwrap()).0),
+        _ => sse_events(&text_stream("c2", "Done.", 300)),
+    });
+    let response = CcrLayer::new()
+        .layer(streaming)
+        .oneshot(streaming_request(&big_log(2_000)))
+        .await
+        .unwrap();
+    let (_, text, error) = read_stream(response).await;
+    assert!(error.is_none() && !text.contains(TOOL), "{text}");
+    let streamed = log.lock().unwrap()[1].json();
+
+    let (not_streaming, log) = upstream(|round, request| match round {
+        0 => {
+            let hash = marker_hash(request.text()).unwrap();
+            let message = turn_with_provider_fields(&hash).1;
+            json_response(
+                StatusCode::OK,
+                json!({"id": "c1", "object": "chat.completion", "created": 7, "model": "gpt-x",
+                    "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]})
+                .to_string(),
+            )
+        }
+        _ => answer("Done.", 300),
+    });
+    let request = post(
+        CHAT_URL,
+        chat_body(
+            conversation(&big_log(2_000)),
+            json!({"tools": [{"type": "function", "function": {"name": "bash", "parameters": {"type": "object"}}}]}),
+        ),
+    );
+    let response = CcrLayer::new()
+        .layer(not_streaming)
+        .oneshot(request)
+        .await
+        .unwrap();
+    let _ = body_text(response).await;
+    let not_streamed = log.lock().unwrap()[1].json();
+
+    let call = &streamed["messages"][4]["tool_calls"][0];
+    assert_eq!(call["extra_content"]["google"]["thought_signature"], "SIG");
+    // Each layer marks the output with its own hash: the turns differ in it alone.
+    let without_arguments = |request: &Value| {
+        let mut message = request["messages"][4].clone();
+        let arguments = message["tool_calls"][0]["function"]["arguments"].take();
+        assert!(arguments.as_str().unwrap().starts_with("{\"hash\":"));
+        message
+    };
+    assert_eq!(
+        without_arguments(&streamed),
+        without_arguments(&not_streamed),
+        "the streamed round's continuation replays the turn as the non-streamed one does"
+    );
+}
+
+/// Azure OpenAI streams begin with a content filter chunk whose `id`, `model` and `created` are
+/// empty: the completion's id is the first real one, and later rounds carry it.
+#[tokio::test]
+async fn an_azure_content_filter_chunk_does_not_give_the_completion_its_id() {
+    let azure_prefix = "data: {\"choices\":[],\"created\":0,\"id\":\"\",\"model\":\"\",\"object\":\"\",\"prompt_filter_results\":[{\"prompt_index\":0,\"content_filter_results\":{\"hate\":{\"filtered\":false,\"severity\":\"safe\"}}}]}\n\n";
+    let (upstream, log) = sse_upstream(move |round, request| {
+        let mut events = vec![azure_prefix.to_owned()];
+        events.extend(match round {
+            0 => {
+                let hash = marker_hash(request.text()).unwrap();
+                calls_stream(
+                    "chatcmpl-1",
+                    Some("Let me look. "),
+                    &[("call_r1", TOOL, json!({"hash": hash}))],
+                )
+            }
+            _ => text_stream("chatcmpl-2", "Token tok_4242 was declined.", 300),
+        });
+        sse_events(&events)
+    });
+    let response = CcrLayer::new()
+        .layer(upstream)
+        .oneshot(streaming_request(&big_log(2_000)))
+        .await
+        .unwrap();
+    let (_, text, error) = read_stream(response).await;
+    assert!(error.is_none());
+    assert_eq!(log.lock().unwrap().len(), 2);
+    let (content, chunks) = read_chat(&text);
+    assert_eq!(content, "Let me look. Token tok_4242 was declined.");
+    for chunk in chunks
+        .iter()
+        .filter(|c| c["choices"].as_array().is_some_and(|c| !c.is_empty()))
+    {
+        assert_eq!(chunk["id"], "chatcmpl-1", "one completion: {chunk}");
+    }
+}

@@ -581,3 +581,145 @@ async fn gemini_an_uneditable_chunk_with_our_call_is_dropped() {
     let (_, text, _) = read_stream(response).await;
     assert!(!text.contains(TOOL), "{text}");
 }
+
+// ---------------------------------------------------------------- Chat calls without an index
+
+/// A round as Gemini's OpenAI compatibility endpoint streams it: tool call fragments without
+/// `index` (`index` is `with_index` when given: relays that send `"index": null`), the call's
+/// thought signature in `extra_content`, arguments in one fragment or split over two, and
+/// `finish_reason: "stop"` ending the call turn.
+fn index_less_call_round(hash: &str, with_index: Option<Value>, split: bool) -> Vec<String> {
+    let arguments = json!({"hash": hash}).to_string();
+    let (head, tail) = if split {
+        arguments.split_at(arguments.len() / 2)
+    } else {
+        (arguments.as_str(), "")
+    };
+    let mut first = json!({"id": "function-call-1", "type": "function",
+        "function": {"name": TOOL, "arguments": head},
+        "extra_content": {"google": {"thought_signature": "SIG"}}});
+    let mut rest = json!({"function": {"arguments": tail}});
+    if let Some(index) = &with_index {
+        first["index"] = index.clone();
+        rest["index"] = index.clone();
+    }
+    let mut events = vec![chat_chunk(
+        "g1",
+        json!({"role": "assistant", "tool_calls": [first]}),
+        None,
+    )];
+    if split {
+        events.push(chat_chunk("g1", json!({"tool_calls": [rest]}), None));
+    }
+    events.push(chat_chunk("g1", json!({}), Some("stop")));
+    events.push(DONE.into());
+    events
+}
+
+/// Gemini's OpenAI compatibility endpoint streams calls without `tool_calls[].index` and ends
+/// the turn with `finish_reason: "stop"`; some relays send `"index": null`. The retrieval call
+/// is assembled all the same: hidden from the client, answered, continued, and its thought
+/// signature goes back with it (Gemini 3 refuses a continuation without it).
+#[tokio::test]
+async fn chat_calls_without_an_index_stay_hidden_and_are_answered() {
+    for (with_index, split) in [
+        (None, false),
+        (None, true),
+        (Some(Value::Null), false),
+        (Some(Value::Null), true),
+    ] {
+        let variant = format!("index {with_index:?}, split {split}");
+        let (upstream, log) = sse_upstream(move |round, request| match round {
+            0 => {
+                let hash = marker_hash(request.text()).unwrap();
+                sse_events(&index_less_call_round(&hash, with_index.clone(), split))
+            }
+            _ => sse_events(&chat_text("g2", "Token tok_4242 was declined.")),
+        });
+        let response = CcrLayer::new()
+            .layer(upstream)
+            .oneshot(chat_request(&big_log(2_000)))
+            .await
+            .unwrap();
+        let (_, text, error) = read_stream(response).await;
+        assert!(error.is_none(), "{variant}");
+        assert!(
+            !text.contains(TOOL) && !text.contains("function-call-1"),
+            "{variant}: the client saw the retrieval call:\n{text}"
+        );
+        assert!(text.contains("tok_4242"), "{variant}: {text}");
+        let log = log.lock().unwrap();
+        assert_eq!(
+            log.len(),
+            2,
+            "{variant}: the call was answered and continued"
+        );
+        let continuation = log[1].json();
+        assert_eq!(
+            retrieval_answers(&continuation, "function-call-1").len(),
+            1,
+            "{variant}"
+        );
+        let call = &continuation["messages"][4]["tool_calls"][0];
+        assert_eq!(call["id"], "function-call-1", "{variant}");
+        assert_eq!(
+            call["extra_content"]["google"]["thought_signature"], "SIG",
+            "{variant}: {call}"
+        );
+        let arguments: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(arguments["hash"].as_str().unwrap().len(), 24, "{variant}");
+    }
+}
+
+/// Index-less calls of a mixed turn: ours is dropped, the client's fragments (a new id starts
+/// a call, a fragment with neither id nor name continues the last one) go out as they came,
+/// without an index made up for them, and the turn is not continued.
+#[tokio::test]
+async fn chat_index_less_client_calls_go_out_as_they_came() {
+    let bash_head = json!({"id": "function-call-2", "type": "function",
+        "function": {"name": "bash", "arguments": "{\"cmd\":"}});
+    let bash_tail = json!({"function": {"arguments": "\"make\"}"}});
+    let (upstream, log) = sse_upstream({
+        let (bash_head, bash_tail) = (bash_head.clone(), bash_tail.clone());
+        move |_, request| {
+            let hash = marker_hash(request.text()).unwrap();
+            let ours = json!({"id": "function-call-1", "type": "function",
+                "function": {"name": TOOL, "arguments": json!({"hash": hash}).to_string()}});
+            sse_events(&[
+                chat_chunk(
+                    "g1",
+                    json!({"role": "assistant", "tool_calls": [ours, bash_head]}),
+                    None,
+                ),
+                chat_chunk("g1", json!({"tool_calls": [bash_tail]}), None),
+                chat_chunk("g1", json!({}), Some("stop")),
+                DONE.into(),
+            ])
+        }
+    });
+    let response = CcrLayer::new()
+        .layer(upstream)
+        .oneshot(chat_request(&big_log(2_000)))
+        .await
+        .unwrap();
+    let (_, text, error) = read_stream(response).await;
+    assert!(error.is_none());
+    assert!(
+        !text.contains(TOOL) && !text.contains("function-call-1"),
+        "{text}"
+    );
+    let fragments: Vec<Value> = client_events(&text)
+        .iter()
+        .filter(|e| e.data != "[DONE]")
+        .map(|e| serde_json::from_str::<Value>(&e.data).unwrap())
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(fragments, vec![bash_head, bash_tail], "{text}");
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "a mixed turn is not continued"
+    );
+}

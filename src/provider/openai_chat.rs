@@ -1,6 +1,7 @@
 //! OpenAI Chat Completions, and every server that speaks it: any host, any path ending in
 //! `/chat/completions`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -269,15 +270,68 @@ impl<'a> Context<'a> {
     }
 }
 
-/// A tool call streamed as `delta.tool_calls` fragments, merged by `index`.
+/// A tool call streamed as `delta.tool_calls` fragments, merged by `index` (by id and name for
+/// servers that send none: see [`ChatStream::position_of`]).
 struct StreamedCall {
+    /// The upstream's index: `None` when it sends none (Gemini's OpenAI endpoint) or `null`.
+    index: Option<u64>,
     /// Whose call it is, known from its name: `None` until a fragment names it.
     owner: Option<Owner>,
     /// Fragments of a call not named yet, held until it is.
     pending: Vec<String>,
+    /// The hash of its first id, kept past the limit too: calls without an index are told
+    /// apart by their ids.
+    id_hash: Option<u64>,
     id: String,
     name: String,
     arguments: String,
+    /// The call's other members, such as Gemini's `extra_content` with its thought signature,
+    /// as raw JSON (the last value of each): the non-streamed path replays them, so the
+    /// continuation of a streamed round does too.
+    extras: Vec<(String, String)>,
+}
+
+/// What one call costs the filter beyond its strings (its `StreamedCall` and its entry in
+/// `call_positions`), counted so that calls with nothing in them do not escape the limit.
+const CALL_STATE_BYTES: usize =
+    std::mem::size_of::<StreamedCall>() + 4 * std::mem::size_of::<u64>();
+
+/// Calls a round may still open once past the limit: their state only (no id, name or
+/// arguments), so that a round over the limit still hides the retrieval tool's calls and
+/// forwards the client's. A stream opening more is given up: the memory stays bounded.
+const MAX_CALLS_PAST_LIMIT: usize = 256;
+
+/// Most distinct members a streamed message (its deltas) or one of its calls may have: a real
+/// one has a handful. More are taken as more than the limit, so that looking a member up stays
+/// cheap.
+const MAX_MEMBERS: usize = 64;
+
+impl StreamedCall {
+    fn new(index: Option<u64>) -> Self {
+        Self {
+            index,
+            owner: None,
+            pending: Vec::new(),
+            id_hash: None,
+            id: String::new(),
+            name: String::new(),
+            arguments: String::new(),
+            extras: Vec::new(),
+        }
+    }
+
+    /// Whether a fragment named it (a call `Unknown` was not named before the limit).
+    fn named(&self) -> bool {
+        matches!(self.owner, Some(Owner::Layer | Owner::Client(_)))
+    }
+}
+
+/// A call id's hash, to tell calls apart by it (the same id gives the same hash).
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -286,6 +340,18 @@ enum Owner {
     Layer,
     /// The client's, with the index the client sees.
     Client(u64),
+    /// Not named yet when the round went over the limit: what it held was dropped, and so are
+    /// its next fragments, since it could be the retrieval tool's. Named the client's later,
+    /// the round is given up (the client would get a call without its first fragments).
+    Unknown,
+}
+
+/// A non-string member of the deltas, as the non-streamed message carries it.
+enum DeltaMember {
+    /// An array streamed in pieces (OpenRouter's `reasoning_details`): every piece's elements.
+    Elements(Vec<String>),
+    /// Any other value: the last one.
+    Value(String),
 }
 
 /// An ending event of a round (the chunk with `finish_reason` and all after it: the usage
@@ -310,9 +376,15 @@ pub(crate) struct ChatStream {
     calls: Vec<StreamedCall>,
     /// Upstream index -> position in `calls` (a stream may open many calls).
     call_positions: HashMap<u64, usize>,
+    /// Position in `calls` of the last call without an index.
+    last_unindexed: Option<usize>,
+    /// Calls opened after the round went over the limit.
+    calls_past_limit: usize,
     client_calls: u64,
     /// The string members of the deltas (content, refusal, reasoning…), concatenated.
     texts: Vec<(String, String)>,
+    /// The other members of the deltas, such as `reasoning_details`.
+    delta_members: Vec<(String, DeltaMember)>,
     id: Option<String>,
     model: Option<String>,
     created: Option<String>,
@@ -325,6 +397,10 @@ pub(crate) struct ChatStream {
     /// continued.
     over_limit: bool,
     failed: bool,
+    /// Why the filter stopped following the round, when it did: past the limit came a call it
+    /// could not tell from the retrieval tool's without holding more, or whose first fragments
+    /// it dropped. The client gets an error event, and nothing more of the round.
+    given_up: Option<&'static str>,
 }
 
 impl ChatStream {
@@ -337,8 +413,11 @@ impl ChatStream {
             round: 0,
             calls: Vec::new(),
             call_positions: HashMap::new(),
+            last_unindexed: None,
+            calls_past_limit: 0,
             client_calls: 0,
             texts: Vec::new(),
+            delta_members: Vec::new(),
             id: None,
             model: None,
             created: None,
@@ -348,20 +427,38 @@ impl ChatStream {
             bytes: 0,
             over_limit: false,
             failed: false,
+            given_up: None,
         }
     }
 
-    /// Counts bytes kept for the round; past the limit nothing more is.
+    /// Counts bytes kept for the round; past the limit nothing more is. Crossing it drops what
+    /// was assembled and what calls not named yet held: those could be the retrieval tool's,
+    /// so their fragments never go out ([`Owner::Unknown`]).
     fn keep(&mut self, bytes: usize) -> bool {
-        self.bytes += bytes;
+        self.bytes = self.bytes.saturating_add(bytes);
         if self.bytes > self.limit && !self.over_limit {
             self.over_limit = true;
-            self.texts.clear();
+            self.texts = Vec::new();
+            self.delta_members = Vec::new();
             for call in &mut self.calls {
-                call.arguments.clear();
+                call.arguments = String::new();
+                call.extras = Vec::new();
+                if call.owner.is_none() {
+                    call.owner = Some(Owner::Unknown);
+                    call.pending = Vec::new();
+                }
             }
         }
         !self.over_limit
+    }
+
+    /// More came than the layer keeps of a round, in kind rather than bytes.
+    fn exceed_limit(&mut self) {
+        self.keep(usize::MAX);
+    }
+
+    fn give_up(&mut self, reason: &'static str) {
+        self.given_up.get_or_insert(reason);
     }
 
     /// `fragment` with the client's index.
@@ -379,6 +476,33 @@ impl ChatStream {
         }))
     }
 
+    /// A fragment of the client's call as the client gets it: as it came, unless its index
+    /// changed (a call without an index gets none made up).
+    fn client_fragment(fragment: &str, index: Option<u64>, client_index: u64) -> String {
+        if index.is_none_or(|index| index == client_index) {
+            fragment.to_owned()
+        } else {
+            Self::renumbered(fragment, client_index)
+        }
+    }
+
+    /// The position in `calls` of the call a fragment belongs to; `None` when it starts one.
+    fn position_of(&self, index: Option<u64>, id: &str, name: &str) -> Option<usize> {
+        match index {
+            Some(index) => self.call_positions.get(&index).copied(),
+            // Without an index a fragment goes on with the last index-less call, unless it
+            // starts another: by an id of its own, or by a name when that call has one.
+            None => self.last_unindexed.filter(|&position| {
+                let call = &self.calls[position];
+                if id.is_empty() {
+                    name.is_empty() || !call.named()
+                } else {
+                    call.id_hash == Some(id_hash(id))
+                }
+            }),
+        }
+    }
+
     /// Takes in one fragment of `delta.tool_calls`; returns what the client gets of it now
     /// (nothing for the retrieval tool's fragments or a call not named yet; the held fragments
     /// too once a fragment names the client's call).
@@ -386,12 +510,9 @@ impl ChatStream {
         let Ok(members) = object(fragment.get()) else {
             return vec![fragment.get().to_owned()];
         };
-        let Some(index) = members
+        let index = members
             .get("index")
-            .and_then(|i| i.get().parse::<u64>().ok())
-        else {
-            return vec![fragment.get().to_owned()];
-        };
+            .and_then(|i| i.get().parse::<u64>().ok());
         let function = members.get("function").and_then(|f| object(f.get()).ok());
         let text_of = |value: Option<&RawValue>| {
             value
@@ -407,56 +528,119 @@ impl ChatStream {
             }
             _ => String::new(),
         };
-        let assemble = self.keep(id.len() + name.len() + arguments.len());
-        let position = *self.call_positions.entry(index).or_insert_with(|| {
-            self.calls.push(StreamedCall {
-                owner: None,
-                pending: Vec::new(),
-                id: String::new(),
-                name: String::new(),
-                arguments: String::new(),
-            });
-            self.calls.len() - 1
-        });
-        let call = &mut self.calls[position];
-        // Servers that resend the id or name in later fragments: keep the first.
-        if call.id.is_empty() {
-            call.id = id;
-        }
-        if call.name.is_empty() {
-            call.name = name;
-        }
-        if assemble {
-            call.arguments.push_str(&arguments);
-        }
-        if call.owner.is_none() && !call.name.is_empty() {
-            // A call is the retrieval tool's by its name.
-            call.owner = Some(if call.name == self.tool_name {
-                Owner::Layer
-            } else {
-                self.client_calls += 1;
-                Owner::Client(self.client_calls - 1)
-            });
-        }
-        match call.owner {
+        let extras: Vec<(&str, &str)> = members
+            .0
+            .iter()
+            .filter(|(key, value)| {
+                !matches!(key.as_ref(), "index" | "id" | "type" | "function") && !is_null(value)
+            })
+            .map(|(key, value)| (key.as_ref(), value.get()))
+            .collect();
+
+        let position = match self.position_of(index, &id, &name) {
+            Some(position) => position,
             None => {
-                call.pending.push(fragment.get().to_owned());
+                // A call is followed by its state alone (its later fragments are told from the
+                // retrieval tool's by it), which past the limit only a few more calls get.
+                if !self.keep(CALL_STATE_BYTES) {
+                    if self.calls_past_limit == MAX_CALLS_PAST_LIMIT {
+                        self.give_up(
+                            "too many tool calls after the round went over max_body_bytes",
+                        );
+                        return Vec::new();
+                    }
+                    self.calls_past_limit += 1;
+                }
+                self.calls.push(StreamedCall::new(index));
+                let position = self.calls.len() - 1;
+                match index {
+                    Some(index) => {
+                        self.call_positions.insert(index, position);
+                    }
+                    None => self.last_unindexed = Some(position),
+                }
+                position
+            }
+        };
+        // A call is the retrieval tool's by the first name that comes.
+        match self.calls[position].owner {
+            _ if name.is_empty() => {}
+            None => {
+                let owner = if name == self.tool_name {
+                    Owner::Layer
+                } else {
+                    self.client_calls += 1;
+                    Owner::Client(self.client_calls - 1)
+                };
+                self.calls[position].owner = Some(owner);
+            }
+            Some(Owner::Unknown) if name == self.tool_name => {
+                self.calls[position].owner = Some(Owner::Layer);
+            }
+            Some(Owner::Unknown) => {
+                self.give_up("a tool call went over max_body_bytes before it was named");
+                return Vec::new();
+            }
+            Some(_) => {}
+        }
+        if self.calls[position].id_hash.is_none() && !id.is_empty() {
+            self.calls[position].id_hash = Some(id_hash(&id));
+        }
+        let kept_extras = &self.calls[position].extras;
+        let new_extras = extras
+            .iter()
+            .filter(|(key, _)| !kept_extras.iter().any(|(kept, _)| kept == key))
+            .count();
+        if kept_extras.len() + new_extras > MAX_MEMBERS {
+            self.exceed_limit();
+        }
+        let extras_bytes: usize = extras
+            .iter()
+            .map(|(key, value)| key.len() + value.len())
+            .sum();
+        if self.keep(id.len() + name.len() + arguments.len() + extras_bytes) {
+            let call = &mut self.calls[position];
+            // Servers that resend the id or name in later fragments: keep the first.
+            if call.id.is_empty() {
+                call.id = id;
+            }
+            if call.name.is_empty() {
+                call.name = name;
+            }
+            call.arguments.push_str(&arguments);
+            for (key, value) in extras {
+                match call.extras.iter_mut().find(|(kept, _)| kept == key) {
+                    Some((_, kept)) => *kept = value.to_owned(),
+                    None => call.extras.push((key.to_owned(), value.to_owned())),
+                }
+            }
+        }
+        match self.calls[position].owner {
+            None => {
+                // Held until a fragment names it, within the limit; past it nothing of the call
+                // is held, so nothing of it may go out (it could be the retrieval tool's).
+                if self.keep(fragment.get().len()) {
+                    self.calls[position].pending.push(fragment.get().to_owned());
+                } else {
+                    self.calls[position].owner = Some(Owner::Unknown);
+                }
                 Vec::new()
             }
-            Some(Owner::Layer) => {
-                call.pending.clear();
+            Some(Owner::Layer | Owner::Unknown) => {
+                self.calls[position].pending = Vec::new();
                 Vec::new()
             }
             Some(Owner::Client(client_index)) => {
+                let call = &mut self.calls[position];
                 let mut out: Vec<String> = std::mem::take(&mut call.pending)
                     .iter()
-                    .map(|pending| Self::renumbered(pending, client_index))
+                    .map(|pending| Self::client_fragment(pending, call.index, client_index))
                     .collect();
-                out.push(if client_index == index {
-                    fragment.get().to_owned()
-                } else {
-                    Self::renumbered(fragment.get(), client_index)
-                });
+                out.push(Self::client_fragment(
+                    fragment.get(),
+                    call.index,
+                    client_index,
+                ));
                 out
             }
         }
@@ -473,11 +657,59 @@ impl ChatStream {
                 out.extend(
                     std::mem::take(&mut call.pending)
                         .iter()
-                        .map(|pending| Self::renumbered(pending, client_index)),
+                        .map(|pending| Self::client_fragment(pending, call.index, client_index)),
                 );
             }
         }
         out
+    }
+
+    /// Takes in a string member of a delta (content, refusal, reasoning…): the pieces are
+    /// joined.
+    fn delta_text(&mut self, key: &str, text: Cow<'_, str>) {
+        let known = self.texts.iter().position(|(kept, _)| kept == key);
+        if known.is_none() && self.texts.len() + self.delta_members.len() >= MAX_MEMBERS {
+            self.exceed_limit();
+        }
+        let key_bytes = if known.is_none() { key.len() } else { 0 };
+        if !self.keep(key_bytes + text.len()) {
+            return;
+        }
+        match known {
+            Some(position) => self.texts[position].1.push_str(&text),
+            None => self.texts.push((key.to_owned(), text.into_owned())),
+        }
+    }
+
+    /// Takes in a delta member that is not a string, as the non-streamed message would carry
+    /// it: arrays streamed in pieces are joined, other values replaced.
+    fn delta_member(&mut self, key: &str, value: &RawValue) {
+        let known = self.delta_members.iter().any(|(kept, _)| kept == key);
+        if !known && self.texts.len() + self.delta_members.len() >= MAX_MEMBERS {
+            self.exceed_limit();
+        }
+        if !self.keep(key.len() + value.get().len()) {
+            return;
+        }
+        let elements = array(value.get()).ok();
+        let kept = self.delta_members.iter_mut().find(|(kept, _)| kept == key);
+        match (kept, elements) {
+            (Some((_, DeltaMember::Elements(joined))), Some(elements)) => {
+                joined.extend(elements.iter().map(|e| e.get().to_owned()));
+            }
+            (Some((_, kept)), None) => *kept = DeltaMember::Value(value.get().to_owned()),
+            (kept, Some(elements)) => {
+                let member =
+                    DeltaMember::Elements(elements.iter().map(|e| e.get().to_owned()).collect());
+                match kept {
+                    Some((_, kept)) => *kept = member,
+                    None => self.delta_members.push((key.to_owned(), member)),
+                }
+            }
+            (None, None) => self
+                .delta_members
+                .push((key.to_owned(), DeltaMember::Value(value.get().to_owned()))),
+        }
     }
 
     /// A choice of a chunk as the client gets it (`None`: unchanged), taking its delta in.
@@ -497,8 +729,11 @@ impl ChatStream {
             }
             None => false,
         };
-        let delta_raw = members.get("delta")?;
-        let delta = object(delta_raw.get()).ok()?;
+        // A finish chunk may come without a delta: it still ends the calls never named.
+        let delta = match members.get("delta") {
+            Some(delta) if !is_null(delta) => object(delta.get()).ok()?,
+            _ => OrderedObject(Vec::new()),
+        };
         let mut changed = false;
         let mut kept_calls: Vec<String> = Vec::new();
         let mut kept_members: Vec<(&str, String)> = Vec::with_capacity(delta.0.len() + 1);
@@ -507,6 +742,7 @@ impl ChatStream {
                 // Later rounds continue the first one's message: a second role would be
                 // concatenated to the first by accumulating clients.
                 "role" if self.round > 0 => changed = true,
+                "role" => kept_members.push((key.as_ref(), value.get().to_owned())),
                 "tool_calls" if !is_null(value) => {
                     let Ok(fragments) = array(value.get()) else {
                         kept_members.push((key.as_ref(), value.get().to_owned()));
@@ -521,13 +757,10 @@ impl ChatStream {
                     kept_members.push((key.as_ref(), String::new()));
                 }
                 name => {
-                    if let Some(text) = string_value(value)
-                        && self.keep(text.len())
-                    {
-                        match self.texts.iter_mut().find(|(key, _)| key == name) {
-                            Some((_, joined)) => joined.push_str(&text),
-                            None => self.texts.push((name.to_owned(), text.into_owned())),
-                        }
+                    if let Some(text) = string_value(value) {
+                        self.delta_text(name, text);
+                    } else if !is_null(value) {
+                        self.delta_member(name, value);
                     }
                     kept_members.push((key.as_ref(), value.get().to_owned()));
                 }
@@ -559,15 +792,21 @@ impl ChatStream {
                     }
                 }),
         );
-        Some(OrderedObject::render(members.0.iter().map(
-            |(key, value)| {
+        let mut choice: Vec<(&str, &str)> = members
+            .0
+            .iter()
+            .map(|(key, value)| {
                 if key == "delta" {
                     (key.as_ref(), delta.as_str())
                 } else {
                     (key.as_ref(), value.get())
                 }
-            },
-        )))
+            })
+            .collect();
+        if members.get("delta").is_none() {
+            choice.push(("delta", delta.as_str()));
+        }
+        Some(OrderedObject::render(choice))
     }
 
     /// A chunk as the client gets it (`None`: unchanged), whether nothing is left of it once
@@ -580,10 +819,19 @@ impl ChatStream {
                 .and_then(string_value)
                 .map(|v| v.into_owned())
         };
+        // The round's identity is the first that is not empty: Azure OpenAI streams begin with
+        // a content filter chunk whose id and model are `""` and `created` is 0.
         if self.id.is_none() {
-            self.id = text_of("id");
-            self.model = text_of("model");
-            self.created = chunk.get("created").map(|c| c.get().to_owned());
+            self.id = text_of("id").filter(|id| !id.is_empty());
+        }
+        if self.model.is_none() {
+            self.model = text_of("model").filter(|model| !model.is_empty());
+        }
+        if self.created.is_none() {
+            self.created = chunk
+                .get("created")
+                .filter(|created| !is_null(created) && created.get() != "0")
+                .map(|created| created.get().to_owned());
         }
         if self.first_id.is_none() {
             self.first_id = self.id.clone();
@@ -651,6 +899,13 @@ impl ChatStream {
                 message.push((key.clone(), quote(text)));
             }
         }
+        for (key, member) in &self.delta_members {
+            let value = match member {
+                DeltaMember::Elements(elements) => format!("[{}]", elements.join(",")),
+                DeltaMember::Value(value) => value.clone(),
+            };
+            message.push((key.clone(), value));
+        }
         if !self.calls.is_empty() {
             let calls: Vec<String> = self
                 .calls
@@ -666,6 +921,11 @@ impl ChatStream {
                     if !call.id.is_empty() {
                         members.insert(0, ("id", id.as_str()));
                     }
+                    members.extend(
+                        call.extras
+                            .iter()
+                            .map(|(key, value)| (key.as_str(), value.as_str())),
+                    );
                     OrderedObject::render(members)
                 })
                 .collect();
@@ -699,13 +959,14 @@ impl ChatStream {
     }
 
     /// Sends the held ending chunks: a finish reason of `tool_calls` becomes `stop` when the
-    /// only calls were ours, and the usage is summed over the rounds.
+    /// client got none of the calls (they were ours, or dropped past the limit), and the usage
+    /// is summed over the rounds.
     fn release(&mut self, out: &mut Vec<Bytes>) {
-        let only_ours = !self.calls.is_empty()
+        let none_for_the_client = !self.calls.is_empty()
             && self
                 .calls
                 .iter()
-                .all(|call| call.owner == Some(Owner::Layer));
+                .all(|call| matches!(call.owner, Some(Owner::Layer | Owner::Unknown)));
         for held in std::mem::take(&mut self.held) {
             let Some(data) = held.data else {
                 out.push(held.raw);
@@ -713,7 +974,7 @@ impl ChatStream {
             };
             let mut splice = Splice::default();
             if let Ok(chunk) = object(&data) {
-                if only_ours
+                if none_for_the_client
                     && let Some(choices) = chunk.get("choices").and_then(|c| array(c.get()).ok())
                 {
                     for choice in choices {
@@ -739,6 +1000,17 @@ impl ChatStream {
     }
 }
 
+/// An error event in the form OpenAI streams them.
+fn error_chunk(message: &str, code: &str) -> Bytes {
+    let error = OrderedObject::render([
+        ("message", quote(message).as_str()),
+        ("type", "\"ccr_error\""),
+        ("param", "null"),
+        ("code", quote(code).as_str()),
+    ]);
+    crate::sse::encode(None, &OrderedObject::render([("error", error.as_str())]))
+}
+
 /// Whether a rewritten choice carries nothing: an empty delta and no finish reason.
 fn is_bare_choice(choice: &str) -> bool {
     object(choice).is_ok_and(|choice| {
@@ -750,6 +1022,9 @@ fn is_bare_choice(choice: &str) -> bool {
 
 impl StreamFilter for ChatStream {
     fn event(&mut self, event: SseEvent, out: &mut Vec<Bytes>) {
+        if self.given_up.is_some() {
+            return; // The client was told; nothing more of the round goes out.
+        }
         let ended_before = self.finish_reason.is_some() || !self.held.is_empty();
         let Some(data) = event.data.as_deref() else {
             // Comments and keep-alives: after the round's end they wait with it.
@@ -786,6 +1061,13 @@ impl StreamFilter for ChatStream {
             out.push(event.raw); // Not a chunk: not the layer's business.
             return;
         };
+        if let Some(reason) = self.given_up {
+            // What was held would end the stream as if nothing was missing: the error does.
+            self.failed = true;
+            self.held.clear();
+            out.push(error_chunk(reason, "ccr_stream_over_limit"));
+            return;
+        }
         if emptied {
             return;
         }
@@ -829,9 +1111,14 @@ impl StreamFilter for ChatStream {
         self.round += 1;
         self.calls.clear();
         self.call_positions.clear();
+        self.last_unindexed = None;
+        self.calls_past_limit = 0;
         self.client_calls = 0;
         self.texts.clear();
+        self.delta_members.clear();
         self.id = None;
+        self.model = None;
+        self.created = None;
         self.finish_reason = None;
         self.held.clear();
         self.bytes = 0;
@@ -843,13 +1130,7 @@ impl StreamFilter for ChatStream {
     }
 
     fn error_event(&mut self, message: &str) -> Bytes {
-        let error = OrderedObject::render([
-            ("message", quote(message).as_str()),
-            ("type", "\"ccr_error\""),
-            ("param", "null"),
-            ("code", "\"ccr_continuation_failed\""),
-        ]);
-        crate::sse::encode(None, &OrderedObject::render([("error", error.as_str())]))
+        error_chunk(message, "ccr_continuation_failed")
     }
 }
 
@@ -1475,6 +1756,172 @@ mod tests {
         assert!(
             finalized.contains("[5,") && finalized.contains("[7]"),
             "{finalized}"
+        );
+    }
+
+    /// A chunk carrying one tool call fragment.
+    fn call_chunk(fragment: &str) -> String {
+        format!(
+            "data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{fragment}]}},\"finish_reason\":null}}]}}\n\n"
+        )
+    }
+
+    fn finish_chunk(reason: &str) -> String {
+        format!(
+            "data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"{reason}\"}}]}}\n\n"
+        )
+    }
+
+    /// Bytes the filter holds for the round: what it assembled, the fragments it holds back,
+    /// and the state of each call.
+    fn held_bytes(filter: &ChatStream) -> usize {
+        let calls: usize = filter
+            .calls
+            .iter()
+            .map(|call| {
+                std::mem::size_of::<StreamedCall>()
+                    + call.id.len()
+                    + call.name.len()
+                    + call.arguments.len()
+                    + call.pending.iter().map(String::len).sum::<usize>()
+            })
+            .sum();
+        let texts: usize = filter.texts.iter().map(|(_, text)| text.len()).sum();
+        calls + texts
+    }
+
+    #[test]
+    fn an_unnamed_call_holds_no_more_than_the_limit() {
+        for name in [TOOL, "bash"] {
+            let mut filter = ChatStream::new(TOOL, 4096);
+            let mut stream = call_chunk(
+                r#"{"index":0,"id":"call_1","type":"function","function":{"arguments":""}}"#,
+            );
+            for _ in 0..1000 {
+                let piece = "x".repeat(100);
+                stream.push_str(&call_chunk(&format!(
+                    r#"{{"index":0,"function":{{"arguments":"{piece}"}}}}"#
+                )));
+            }
+            let client = feed(&mut filter, &stream);
+            assert!(
+                held_bytes(&filter) <= 4096,
+                "{} bytes held",
+                held_bytes(&filter)
+            );
+            // It could still be the retrieval tool's: none of it went out.
+            assert_eq!(client, "");
+            let end = call_chunk(&format!(r#"{{"index":0,"function":{{"name":"{name}"}}}}"#))
+                + &finish_chunk("tool_calls")
+                + "data: [DONE]\n\n";
+            let mut client = feed(&mut filter, &end);
+            assert_eq!(filter.end_round(), None, "over the limit: not continued");
+            assert!(!filter.cut_short());
+            let mut out = Vec::new();
+            filter.finish(&mut out);
+            client.extend(out.iter().map(|b| String::from_utf8_lossy(b).into_owned()));
+            assert!(!client.contains(TOOL), "{client}");
+            if name == TOOL {
+                assert!(client.contains("\"finish_reason\":\"stop\""), "{client}");
+                assert!(client.ends_with("data: [DONE]\n\n"), "{client}");
+            } else {
+                // The client's call lost its first fragments: the client is told, and gets
+                // nothing more of the round.
+                assert!(client.starts_with("data: {\"error\":"), "{client}");
+                assert!(client.contains("\"code\":\"ccr_stream_over_limit\""));
+                assert_eq!(client.matches("data: ").count(), 1, "{client}");
+            }
+        }
+    }
+
+    #[test]
+    fn calls_opened_past_the_limit_hold_no_more_than_their_state() {
+        let mut filter = ChatStream::new(TOOL, 4096);
+        let text = "x".repeat(5000);
+        let mut stream = format!(
+            "data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"finish_reason\":null}}]}}\n\n"
+        );
+        for index in 0..1000 {
+            let id = "i".repeat(1000);
+            stream.push_str(&call_chunk(&format!(
+                r#"{{"index":{index},"id":"{id}","type":"function","function":{{"name":"bash","arguments":"{{}}"}}}}"#
+            )));
+        }
+        stream.push_str(&finish_chunk("tool_calls"));
+        let client = feed(&mut filter, &stream);
+        assert_eq!(filter.calls.len(), MAX_CALLS_PAST_LIMIT);
+        assert!(held_bytes(&filter) <= 4096 + MAX_CALLS_PAST_LIMIT * CALL_STATE_BYTES);
+        // The text and the first calls went out as they came, then the client is told.
+        let events: Vec<&str> = client.split_terminator("\n\n").collect();
+        assert_eq!(events.len(), 2 + MAX_CALLS_PAST_LIMIT, "{client}");
+        assert!(events[0].contains(&text));
+        assert!(events[1].contains(r#""index":0,"id":"iii"#));
+        assert!(events.last().unwrap().starts_with("data: {\"error\":"));
+    }
+
+    #[test]
+    fn a_finish_chunk_without_delta_releases_calls_never_named() {
+        let mut filter = ChatStream::new(TOOL, 1 << 20);
+        let stream = call_chunk(
+            r#"{"index":0,"id":"call_1","type":"function","function":{"arguments":"{}"}}"#,
+        ) + "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"finish_reason\":\"tool_calls\"}]}\n\n"
+            + "data: [DONE]\n\n";
+        let mut client = feed(&mut filter, &stream);
+        let response = filter.end_round().unwrap();
+        assert_eq!(OpenAiChat.read_turn(&response, TOOL).unwrap(), Turn::Other);
+        let mut out = Vec::new();
+        filter.finish(&mut out);
+        client.extend(out.iter().map(|b| String::from_utf8_lossy(b).into_owned()));
+        let chunks: Vec<serde_json::Value> = client
+            .split_terminator("\n\n")
+            .filter_map(|event| serde_json::from_str(event.strip_prefix("data: ")?).ok())
+            .collect();
+        let calls: Vec<&serde_json::Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+            .flatten()
+            .collect();
+        assert_eq!(calls.len(), 1, "{client}");
+        assert_eq!(calls[0]["id"], "call_1");
+        assert!(client.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn fragments_without_an_index_are_merged_into_calls() {
+        let fragments = [
+            r#"{"id":"a","type":"function","function":{"name":"bash","arguments":"{"}}"#,
+            // Neither id nor name: the last call goes on.
+            r#"{"function":{"arguments":"}"}}"#,
+            // Its id and name sent again: still the same call.
+            r#"{"id":"a","function":{"name":"bash"}}"#,
+            // A name when the last call has one: a call of its own (with no id).
+            r#"{"function":{"name":"grep","arguments":"{}"}}"#,
+            // A new id: a new call, named in its next fragment.
+            r#"{"id":"b","type":"function","function":{"arguments":""}}"#,
+            r#"{"function":{"name":"ccr_retrieve","arguments":"{\"hash\":\"h\"}"},"extra_content":{"s":1}}"#,
+        ];
+        let mut stream: String = fragments.iter().map(|f| call_chunk(f)).collect();
+        stream.push_str(&finish_chunk("stop"));
+        let mut filter = ChatStream::new(TOOL, 1 << 20);
+        let client = feed(&mut filter, &stream);
+        assert!(
+            !client.contains(TOOL) && !client.contains("\"b\""),
+            "{client}"
+        );
+        for fragment in &fragments[..4] {
+            assert!(client.contains(fragment), "{fragment} went out as it came");
+        }
+        let response: serde_json::Value =
+            serde_json::from_str(&filter.end_round().unwrap()).unwrap();
+        assert_eq!(
+            response["choices"][0]["message"]["tool_calls"],
+            serde_json::json!([
+                {"id": "a", "type": "function", "function": {"name": "bash", "arguments": "{}"}},
+                {"type": "function", "function": {"name": "grep", "arguments": "{}"}},
+                {"id": "b", "type": "function",
+                    "function": {"name": "ccr_retrieve", "arguments": "{\"hash\":\"h\"}"},
+                    "extra_content": {"s": 1}},
+            ])
         );
     }
 }
