@@ -196,6 +196,9 @@ where
                             .is_err()
                         {
                             this.fail("an upstream event was larger than max_body_bytes");
+                        } else if this.filter.gave_up() {
+                            // The client has its error event: the upstream is dropped.
+                            this.phase = Phase::Done;
                         }
                     }
                     Some(Err(error)) => {

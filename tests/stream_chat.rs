@@ -659,3 +659,63 @@ async fn an_azure_content_filter_chunk_does_not_give_the_completion_its_id() {
         assert_eq!(chunk["id"], "chatcmpl-1", "one completion: {chunk}");
     }
 }
+
+/// Past `max_body_bytes`, a call whose first fragments were dropped (it could have been ours)
+/// turns out to be the client's: the client gets an error event, its stream ends there, and
+/// the upstream body is dropped rather than read to its end.
+#[tokio::test]
+async fn a_round_the_filter_gives_up_on_ends_with_an_error_and_stops_the_upstream() {
+    let (body, sender) = TestBody::channel();
+    let body = std::sync::Mutex::new(Some(body));
+    let (upstream, _) = sse_upstream(move |_, _| sse(body.lock().unwrap().take().unwrap()));
+    let response = CcrLayer::new()
+        .max_body_bytes(64 * 1024)
+        .layer(upstream)
+        .oneshot(streaming_request(&big_log(500)))
+        .await
+        .unwrap();
+    let send = |event: String| sender.send(Ok(Bytes::from(event))).unwrap();
+    send(chunk(
+        "c1",
+        json!({"role": "assistant", "content": null}),
+        None,
+    ));
+    send(chunk(
+        "c1",
+        json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+            "function": {"arguments": ""}}]}),
+        None,
+    ));
+    for _ in 0..100 {
+        send(chunk(
+            "c1",
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "x".repeat(1_000)}}]}),
+            None,
+        ));
+    }
+    send(chunk(
+        "c1",
+        json!({"tool_calls": [{"index": 0, "function": {"name": "bash"}}]}),
+        None,
+    ));
+    let mut body = Box::pin(response.into_body());
+    let mut received = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the stream ends without waiting for the upstream");
+        match frame {
+            Some(frame) => received.extend_from_slice(&frame.unwrap().into_data().unwrap()),
+            None => break,
+        }
+    }
+    let text = String::from_utf8(received).unwrap();
+    assert!(
+        text.contains("\"code\":\"ccr_stream_over_limit\""),
+        "{text}"
+    );
+    assert!(!text.contains("xxxx"), "the dropped fragments stay dropped");
+    tokio::time::timeout(Duration::from_secs(5), sender.closed())
+        .await
+        .expect("the upstream body was dropped");
+}

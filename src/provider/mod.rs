@@ -339,6 +339,12 @@ pub(crate) trait StreamFilter: Send {
     /// An event telling the client that the exchange failed after the stream began, in this
     /// API's format; the stream ends after it.
     fn error_event(&mut self, message: &str) -> Bytes;
+
+    /// Whether the filter ended the exchange itself, an error event for the client already
+    /// pushed: the upstream is then dropped (its work stops) and the client's stream ends.
+    fn gave_up(&self) -> bool {
+        false
+    }
 }
 
 static ADAPTERS: &[&dyn Adapter] = &[&OpenAiChat, &OpenAiResponses, &AnthropicMessages, &Gemini];

@@ -1132,6 +1132,11 @@ impl StreamFilter for ChatStream {
     fn error_event(&mut self, message: &str) -> Bytes {
         error_chunk(message, "ccr_continuation_failed")
     }
+
+    fn gave_up(&self) -> bool {
+        // Set while handling an event, whose handling then pushes the error chunk.
+        self.given_up.is_some()
+    }
 }
 
 impl Adapter for OpenAiChat {
