@@ -34,6 +34,7 @@ use crate::upstream::{
     remember_unsettled_calls, remember_upstream_turn, resolve_alias, settle_unsettled_calls,
     upstream_turn_id,
 };
+use crate::view_cache::Computed;
 
 /// The service [`CcrLayer`](crate::CcrLayer) wraps around an HTTP client.
 ///
@@ -342,7 +343,18 @@ async fn prepare(
             );
             continue;
         }
-        let tokens = estimate_tokens(&output.text);
+        let context = CompressContext {
+            query: &output.query,
+            tool_name: output.tool_name.as_deref(),
+        };
+        // What an earlier turn computed for this output, when the view cache still has it:
+        // the same tokens and view, without estimating or compressing again.
+        let id = shared.key.entry(&tenant, &output.text);
+        let cached = shared.views.get(&id, &context);
+        let tokens = match &cached {
+            Some(cached) => cached.tokens,
+            None => estimate_tokens(&output.text),
+        };
         if tokens < shared.min_tokens {
             continue;
         }
@@ -354,18 +366,19 @@ async fn prepare(
             );
             continue;
         }
-        let context = CompressContext {
-            query: &output.query,
-            tool_name: output.tool_name.as_deref(),
+        let computed = match cached {
+            Some(cached) => {
+                Counters::add(&shared.counters.views_reused, 1);
+                cached
+            }
+            None => {
+                let view = compress_estimated(&output.text, tokens, &context);
+                let computed = Arc::new(Computed { tokens, view });
+                shared.views.insert(&id, &context, computed.clone());
+                computed
+            }
         };
-        let id = shared.key.entry(&tenant, &output.text);
-        let (outcome, reused) = shared.views.get_or_compute(&id, &context, || {
-            compress_estimated(&output.text, tokens, &context)
-        });
-        if reused {
-            Counters::add(&shared.counters.views_reused, 1);
-        }
-        let Some(view) = outcome.as_ref() else {
+        let Some(view) = &computed.view else {
             continue;
         };
         // A lossless view still over `min_tokens` would be compressed again by the next pass

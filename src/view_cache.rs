@@ -16,17 +16,22 @@ use crate::id::EntryId;
 /// Bytes an entry is counted for beyond its view's text (key, bookkeeping).
 const ENTRY_OVERHEAD: usize = 96;
 
-/// What the compressors gave for an output in a context: a view, or `None` (not worth it).
-type Outcome = Arc<Option<View>>;
+/// What the layer computed for an output in a context: its estimated tokens and the
+/// compressors' view (`None`: not worth compressing).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Computed {
+    pub(crate) tokens: usize,
+    pub(crate) view: Option<View>,
+}
 
-/// A bounded map from (tenant-keyed output id, context) to the compressors' outcome.
+/// A bounded map from (tenant-keyed output id, context) to what was computed for it.
 ///
 /// The key is the output's [`EntryId`] (a keyed hash of the secret, the tenant and the output)
 /// hashed with the context, so one tenant's entries are never another's and nothing of the
 /// output is kept but its view.
 pub(crate) struct ViewCache {
     /// `None` when the cache is off (a budget of 0 bytes).
-    views: Option<Cache<[u8; 32], Outcome>>,
+    views: Option<Cache<[u8; 32], Arc<Computed>>>,
 }
 
 impl ViewCache {
@@ -35,8 +40,8 @@ impl ViewCache {
         let views = (max_bytes > 0).then(|| {
             Cache::builder()
                 .max_capacity(u64::try_from(max_bytes).unwrap_or(u64::MAX))
-                .weigher(|_: &[u8; 32], outcome: &Outcome| {
-                    let text = outcome.as_ref().as_ref().map_or(0, |view| view.text.len());
+                .weigher(|_: &[u8; 32], computed: &Arc<Computed>| {
+                    let text = computed.view.as_ref().map_or(0, |view| view.text.len());
                     u32::try_from(text + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
                 })
                 .build()
@@ -44,24 +49,21 @@ impl ViewCache {
         Self { views }
     }
 
-    /// The outcome for `id` in `context`: from the cache when it was computed before (`true`
-    /// with it), else from `compute`, which is then remembered.
-    pub(crate) fn get_or_compute(
+    /// What was computed for `id` in `context`, if it is still cached.
+    pub(crate) fn get(&self, id: &EntryId, context: &CompressContext<'_>) -> Option<Arc<Computed>> {
+        self.views.as_ref()?.get(&key(id, context))
+    }
+
+    /// Remembers what was computed for `id` in `context`.
+    pub(crate) fn insert(
         &self,
         id: &EntryId,
         context: &CompressContext<'_>,
-        compute: impl FnOnce() -> Option<View>,
-    ) -> (Outcome, bool) {
-        let Some(views) = &self.views else {
-            return (Arc::new(compute()), false);
-        };
-        let key = key(id, context);
-        if let Some(outcome) = views.get(&key) {
-            return (outcome, true);
+        computed: Arc<Computed>,
+    ) {
+        if let Some(views) = &self.views {
+            views.insert(key(id, context), computed);
         }
-        let outcome = Arc::new(compute());
-        views.insert(key, outcome.clone());
-        (outcome, false)
     }
 }
 
@@ -88,42 +90,35 @@ fn key(id: &EntryId, context: &CompressContext<'_>) -> [u8; 32] {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
-
     use super::*;
     use crate::id::IdKey;
 
-    fn view(text: &str) -> Option<View> {
-        Some(View {
-            text: text.to_owned(),
-            unit: "lines",
-            total: 10,
-            kept: 2,
-            lossless: false,
-        })
+    fn computed(text: &str) -> Computed {
+        Computed {
+            tokens: 1_234,
+            view: Some(View {
+                text: text.to_owned(),
+                unit: "lines",
+                total: 10,
+                kept: 2,
+                lossless: false,
+            }),
+        }
     }
 
     #[test]
-    fn computes_once_per_output_and_context() {
+    fn an_entry_is_found_only_for_the_same_output_tenant_and_context() {
         let cache = ViewCache::new(1 << 20);
         let key = IdKey::from_secret(b"s");
         let tenant = key.tenant(b"Bearer a");
         let id = key.entry(&tenant, "output");
-        let calls = Cell::new(0);
-        let compute = || {
-            calls.set(calls.get() + 1);
-            view("v")
-        };
         let context = CompressContext {
             query: "why?",
             tool_name: Some("bash"),
         };
-        let (first, hit) = cache.get_or_compute(&id, &context, compute);
-        assert!(!hit);
-        let (again, hit) = cache.get_or_compute(&id, &context, compute);
-        assert!(hit);
-        assert_eq!(first, again);
-        assert_eq!(calls.get(), 1);
+        assert_eq!(cache.get(&id, &context), None);
+        cache.insert(&id, &context, Arc::new(computed("v")));
+        assert_eq!(cache.get(&id, &context).as_deref(), Some(&computed("v")));
         // Any other input is another entry: the query, the tool, the output, the tenant.
         let others = [
             (
@@ -154,22 +149,22 @@ mod tests {
             ),
         ];
         for (id, context) in &others {
-            let (_, hit) = cache.get_or_compute(id, context, compute);
-            assert!(!hit);
+            assert_eq!(cache.get(id, context), None);
         }
-        assert_eq!(calls.get(), 1 + others.len());
     }
 
     #[test]
-    fn remembers_outputs_not_worth_compressing() {
+    fn outputs_not_worth_compressing_are_remembered_too() {
         let cache = ViewCache::new(1 << 20);
         let key = IdKey::from_secret(b"s");
         let id = key.entry(&key.tenant(b""), "small");
         let context = CompressContext::default();
-        let (outcome, _) = cache.get_or_compute(&id, &context, || None);
-        assert!(outcome.is_none());
-        let (outcome, hit) = cache.get_or_compute(&id, &context, || view("never"));
-        assert!(hit && outcome.is_none());
+        let nothing = Computed {
+            tokens: 1_500,
+            view: None,
+        };
+        cache.insert(&id, &context, Arc::new(nothing));
+        assert_eq!(cache.get(&id, &context).unwrap().view, None);
     }
 
     #[test]
@@ -178,14 +173,7 @@ mod tests {
         let key = IdKey::from_secret(b"s");
         let id = key.entry(&key.tenant(b""), "output");
         let context = CompressContext::default();
-        let calls = Cell::new(0);
-        for _ in 0..3 {
-            let (_, hit) = cache.get_or_compute(&id, &context, || {
-                calls.set(calls.get() + 1);
-                view("v")
-            });
-            assert!(!hit);
-        }
-        assert_eq!(calls.get(), 3);
+        cache.insert(&id, &context, Arc::new(computed("v")));
+        assert_eq!(cache.get(&id, &context), None);
     }
 }
