@@ -265,12 +265,8 @@ async fn without_retrieval_the_stream_goes_through_byte_identical() {
     let events = text_stream("msg_01", "The card was declined.", 900);
     let upstream_events = events.clone();
     let (upstream, log) = sse_upstream(move |_, _| sse_events(&upstream_events));
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, error) = read_stream(response).await;
+    let (parts, text, error) =
+        stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(parts.headers["x-request-id"], "req_stream");
     assert!(error.is_none());
@@ -381,12 +377,7 @@ async fn in_a_mixed_turn_our_call_is_dropped_and_indexes_stay_dense() {
             ],
         ))
     });
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(!text.contains(TOOL) && !text.contains("toolu_ours"));
     let (message, _) = accumulate(&text);
     let message = message.unwrap();
@@ -460,12 +451,8 @@ async fn a_refused_continuation_ends_the_stream_with_an_error_event() {
             r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#,
         ),
     });
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, error) = read_stream(response).await;
+    let (parts, text, error) =
+        stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert_eq!(parts.status, StatusCode::OK, "the stream had begun");
     assert!(error.is_none());
     let (raised, names) = accumulate(&text);
@@ -498,12 +485,7 @@ async fn a_continuation_that_breaks_mid_stream_ends_with_an_error_event() {
             text_stream("msg_02", "Partial answer", 10)[..4].to_vec(),
         )),
     });
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(
         error.is_none(),
         "the client gets an event, not a cut connection"
@@ -528,12 +510,7 @@ async fn upstream_errors_pass_through() {
     // An error status before the stream: untouched.
     let body = r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"},"request_id":"req_1"}"#;
     let (upstream, _) = sse_upstream(move |_, _| sse_error(StatusCode::UNAUTHORIZED, body));
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, _) = read_stream(response).await;
+    let (parts, text, _) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
     assert_eq!(parts.headers["x-request-id"], "req_error");
     assert_eq!(text, body);
@@ -553,12 +530,7 @@ async fn upstream_errors_pass_through() {
         events.push(error_event.into());
         sse_events(&events)
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(text.ends_with(error_event), "{text}");
     assert!(!text.contains(TOOL));
     let (raised, _) = accumulate(&text);
@@ -571,12 +543,7 @@ async fn upstream_errors_pass_through() {
             text_stream("msg_01", "Half an answer", 10)[..4].to_vec(),
         ))
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(text.contains("Half "));
     assert!(error.unwrap().contains("connection reset"));
 }

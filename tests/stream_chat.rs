@@ -218,12 +218,7 @@ async fn in_a_mixed_turn_our_call_is_dropped_and_indexes_stay_dense() {
             ],
         ))
     });
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(!text.contains(TOOL) && !text.contains("call_ours"));
     let (_, chunks) = read_chat(&text);
     let fragments: Vec<&Value> = chunks
@@ -270,12 +265,8 @@ async fn a_refused_continuation_ends_the_stream_with_an_error_event() {
             r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
         ),
     });
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, error) = read_stream(response).await;
+    let (parts, text, error) =
+        stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert_eq!(parts.status, StatusCode::OK, "the stream had begun");
     assert!(error.is_none());
     let events = client_events(&text);
@@ -303,12 +294,7 @@ async fn a_continuation_that_breaks_mid_stream_ends_with_an_error_event() {
             text_stream("chatcmpl-2", "Partial answer", 10)[..2].to_vec(),
         )),
     });
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(
         error.is_none(),
         "the client gets an event, not a cut connection"
@@ -327,12 +313,7 @@ async fn upstream_errors_pass_through() {
     // An error status before the stream: untouched.
     let body = r#"{"error":{"message":"Invalid key","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
     let (upstream, _) = sse_upstream(move |_, _| sse_error(StatusCode::UNAUTHORIZED, body));
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, _) = read_stream(response).await;
+    let (parts, text, _) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
     assert_eq!(parts.headers["x-request-id"], "req_error");
     assert_eq!(text, body);
@@ -350,12 +331,7 @@ async fn upstream_errors_pass_through() {
         events.push(error_event.into());
         sse_events(&events)
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(text.ends_with(error_event), "{text}");
     assert!(!text.contains(TOOL));
     assert_eq!(log.lock().unwrap().len(), 1);
@@ -366,12 +342,7 @@ async fn upstream_errors_pass_through() {
             text_stream("chatcmpl-1", "Half an answer", 10)[..2].to_vec(),
         ))
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(text.contains("Half "));
     assert!(error.unwrap().contains("connection reset"));
 }
@@ -642,12 +613,7 @@ async fn an_azure_content_filter_chunk_does_not_give_the_completion_its_id() {
         });
         sse_events(&events)
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(error.is_none());
     assert_eq!(log.lock().unwrap().len(), 2);
     let (content, chunks) = read_chat(&text);

@@ -154,12 +154,8 @@ async fn without_retrieval_the_stream_goes_through_byte_identical() {
     events.insert(0, ": keep-alive\r\n\r\n".into());
     let upstream_events = events.clone();
     let (upstream, log) = sse_upstream(move |_, _| sse_events(&upstream_events));
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, error) = read_stream(response).await;
+    let (parts, text, error) =
+        stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(parts.headers["x-request-id"], "req_stream");
     assert!(error.is_none());
@@ -267,12 +263,7 @@ async fn in_a_mixed_turn_our_call_is_dropped_and_the_signature_moves() {
             ],
         ))
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(!text.contains(TOOL) && !text.contains("fc-ours"), "{text}");
     let (_, chunks) = read_gemini(&text);
     let calls: Vec<&Value> = chunks
@@ -316,12 +307,8 @@ async fn a_refused_continuation_ends_the_stream_with_an_error_event() {
             r#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#,
         ),
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, error) = read_stream(response).await;
+    let (parts, text, error) =
+        stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert_eq!(parts.status, StatusCode::OK, "the stream had begun");
     assert!(error.is_none());
     assert!(!text.contains(TOOL));
@@ -364,12 +351,7 @@ async fn a_continuation_that_breaks_mid_stream_ends_with_an_error_event() {
             text_stream("r2", "Partial answer here", 10)[..2].to_vec(),
         )),
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(
         error.is_none(),
         "the client gets an event, not a cut connection"
@@ -392,12 +374,7 @@ async fn an_error_event_in_the_stream_is_forwarded_and_not_continued() {
         events.push(error_event.into());
         sse_events(&events)
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(error.is_none());
     assert!(text.starts_with("data: {\"candidates\""));
     assert!(text.ends_with(error_event), "{text}");
@@ -407,12 +384,7 @@ async fn an_error_event_in_the_stream_is_forwarded_and_not_continued() {
     let body =
         r#"{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT"}}"#;
     let (upstream, _) = sse_upstream(move |_, _| sse_error(StatusCode::BAD_REQUEST, body));
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, _) = read_stream(response).await;
+    let (parts, text, _) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert_eq!(parts.status, StatusCode::BAD_REQUEST);
     assert_eq!(text, body);
 }

@@ -90,12 +90,7 @@ async fn chat_a_call_named_in_a_later_fragment_stays_hidden() {
         }
         _ => sse_events(&chat_text("chatcmpl-2", "Token tok_4242 was declined.")),
     });
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(chat_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, chat_request(&big_log(2_000))).await;
     let rounds = log.lock().unwrap().len();
     assert!(
         !text.contains(TOOL) && !text.contains("call_r1"),
@@ -187,12 +182,7 @@ async fn responses_a_call_named_only_in_its_done_item_stays_hidden() {
             "arguments": "{\"cmd\":\"cat\"}", "status": "completed"},
         {"type": "function_call_output", "call_id": "call_bash", "output": big_log(2_000)}],
         "tools": [{"type": "function", "name": "bash", "parameters": {"type": "object"}}]});
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(post(URL, body.to_string()))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, post(URL, body.to_string())).await;
     assert!(
         !text.contains(TOOL) && !text.contains("call_r1"),
         "the client saw the retrieval call:\n{text}"
@@ -253,12 +243,7 @@ async fn gemini_vertex_streamed_call_arguments_get_no_retrieval_tool() {
         .header("authorization", "Bearer ya29.alice")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(request)
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, request).await;
     let sent = log.lock().unwrap()[0].clone();
     assert!(
         marker_hash(sent.text()).is_none(),
@@ -294,12 +279,7 @@ async fn chat_a_continuation_that_stops_short_ends_with_an_error_event() {
         // Two chunks of the answer, then the upstream closes the stream cleanly.
         _ => sse_events(&chat_text("chatcmpl-2", "Partial answer")[..2]),
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(chat_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, chat_request(&big_log(2_000))).await;
     assert!(error.is_none());
     let last = client_events(&text).pop().unwrap();
     assert!(
@@ -392,12 +372,7 @@ async fn anthropic_a_continuation_that_stops_short_ends_with_an_error_event() {
             sse_events(&events)
         }
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(anthropic_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, anthropic_request(&big_log(2_000))).await;
     assert!(error.is_none());
     let last = client_events(&text).pop().unwrap();
     assert_eq!(
@@ -447,12 +422,7 @@ async fn gemini_a_continuation_that_stops_short_ends_with_an_error_event() {
         }
         _ => sse_events(&[gemini_chunk(json!([{"text": "Partial "}]), false)]),
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(gemini_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, gemini_request(&big_log(2_000))).await;
     assert!(error.is_none());
     let last = client_events(&text).pop().unwrap();
     assert!(
@@ -475,12 +445,8 @@ async fn gemini_an_empty_continuation_ends_with_an_error_event() {
         }
         _ => sse_events(&[]),
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(gemini_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, error) = read_stream(response).await;
+    let (parts, text, error) =
+        stream_through_layer(upstream, gemini_request(&big_log(2_000))).await;
     assert_eq!(log.lock().unwrap().len(), 2, "a continuation was sent");
     assert!(error.is_none());
     assert!(
@@ -516,12 +482,7 @@ async fn many_call_indexes_all_reach_the_client_in_order() {
     events.push(DONE.into());
     let expected = events.concat();
     let (upstream, _) = sse_upstream(move |_, _| sse_events(&events));
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(chat_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, chat_request(&big_log(2_000))).await;
     assert_eq!(text, expected, "nothing of ours: every event as it came");
 }
 
@@ -548,12 +509,7 @@ async fn anthropic_an_unterminated_last_event_is_completed_before_the_next_round
             sse_events(&events)
         }
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(anthropic_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, anthropic_request(&big_log(2_000))).await;
     for event in client_events(&text) {
         assert!(
             serde_json::from_str::<Value>(&event.data).is_ok(),
@@ -573,12 +529,7 @@ async fn gemini_an_uneditable_chunk_with_our_call_is_dropped() {
              "index": 0, "finishReason": "STOP"}, null]});
         sse_events(&[format!("data: {chunk}\r\n\r\n")])
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(gemini_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, gemini_request(&big_log(2_000))).await;
     assert!(!text.contains(TOOL), "{text}");
 }
 
@@ -698,12 +649,7 @@ async fn chat_index_less_client_calls_go_out_as_they_came() {
             ])
         }
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(chat_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, chat_request(&big_log(2_000))).await;
     assert!(error.is_none());
     assert!(
         !text.contains(TOOL) && !text.contains("function-call-1"),

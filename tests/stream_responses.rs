@@ -250,12 +250,8 @@ fn outputs_for(request: &Value, call_id: &str) -> Vec<String> {
 async fn without_retrieval_events_pass_as_they_came() {
     let (upstream, log) =
         sse_upstream(|_, request| sse(TestBody::chunks([sse_text(request, "resp_1")])));
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, error) = read_stream(response).await;
+    let (parts, text, error) =
+        stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(parts.headers["x-request-id"], "req_stream");
     assert!(error.is_none());
@@ -451,12 +447,7 @@ async fn in_a_mixed_turn_our_call_is_dropped_and_indexes_stay_dense() {
         );
         sse_events(&round.completed(json!([ours, theirs]), 500))
     });
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(!text.contains("call_ours"));
     let events = read_events(&text);
     assert_one_response(&events);
@@ -502,12 +493,7 @@ async fn calls_never_named_reach_the_client_in_order_at_dense_indexes() {
         let second = round.call("call_second", "", &json!({"cmd": "make test"}));
         sse_events(&round.completed(json!([ours, first, second]), 500))
     });
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(error.is_none());
     assert!(!text.contains("call_ours"));
     let events = read_events(&text);
@@ -549,12 +535,7 @@ async fn a_call_named_only_by_the_terminal_response_is_answered_and_hidden() {
             sse_events(&second.completed(json!([message]), 300))
         }
     });
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(error.is_none());
     assert!(
         !text.contains("call_r1"),
@@ -590,12 +571,8 @@ async fn a_refused_continuation_ends_the_stream_with_an_error_event() {
             r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
         ),
     });
-    let service = CcrLayer::new().layer(upstream);
-    let response = service
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, error) = read_stream(response).await;
+    let (parts, text, error) =
+        stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert_eq!(parts.status, StatusCode::OK, "the stream had begun");
     assert!(error.is_none());
     let events = read_events(&text);
@@ -649,12 +626,7 @@ async fn upstream_errors_pass_through() {
     // An error status before the stream: untouched.
     let body = r#"{"error":{"message":"Invalid key","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
     let (upstream, _) = sse_upstream(move |_, _| sse_error(StatusCode::UNAUTHORIZED, body));
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (parts, text, _) = read_stream(response).await;
+    let (parts, text, _) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
     assert_eq!(text, body);
 
@@ -671,12 +643,7 @@ async fn upstream_errors_pass_through() {
         events.push(error_event.into());
         sse_events(&events)
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, _) = read_stream(response).await;
+    let (_, text, _) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(text.ends_with(error_event), "{text}");
     assert_one_response(&read_events(&text));
     assert_eq!(log.lock().unwrap().len(), 1);
@@ -689,12 +656,7 @@ async fn upstream_errors_pass_through() {
             round.completed(Value::Null, 1)[..5].to_vec(),
         ))
     });
-    let response = CcrLayer::new()
-        .layer(upstream)
-        .oneshot(streaming_request(&big_log(2_000)))
-        .await
-        .unwrap();
-    let (_, text, error) = read_stream(response).await;
+    let (_, text, error) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
     assert!(text.contains("Half "));
     assert!(error.unwrap().contains("connection reset"));
 }

@@ -194,3 +194,21 @@ where
     }
     (parts, String::from_utf8(text).unwrap(), error)
 }
+
+/// Sends `request` through a `CcrLayer` with the defaults over `upstream`, and reads the stream
+/// the client gets whole (or up to its body error).
+pub async fn stream_through_layer<S>(
+    upstream: S,
+    request: Request<Full<Bytes>>,
+) -> (http::response::Parts, String, Option<String>)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<TestBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use tower::{Layer, ServiceExt};
+    let service = tower_ccr::CcrLayer::new().layer(upstream);
+    read_stream(service.oneshot(request).await.unwrap()).await
+}
