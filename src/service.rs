@@ -604,7 +604,10 @@ where
             adapter,
             &tenant,
             &issued,
-            &request_body,
+            ExchangeRequests {
+                last: &request_body,
+                first: first_request.as_deref().unwrap_or(&request_body),
+            },
             &upstream,
             text,
         )
@@ -642,6 +645,16 @@ pub(crate) async fn answer_calls(
     answers
 }
 
+/// The requests of an exchange, for the bookkeeping of its last response.
+pub(crate) struct ExchangeRequests<'a> {
+    /// The request sent last (the first, or the latest continuation): its `store` flag says
+    /// whether the upstream keeps the response.
+    pub(crate) last: &'a str,
+    /// The request the exchange started with: ids are looked up in it, never in a
+    /// continuation, which quotes the model's calls and the layer's answers.
+    pub(crate) first: &'a str,
+}
+
 /// Bookkeeping for the response that goes to the client, when its history lives upstream: the
 /// answers to retrieval calls the upstream keeps but the client never saw, and the turns the
 /// tool was added to.
@@ -650,15 +663,15 @@ pub(crate) async fn remember_final_turn(
     adapter: &dyn Adapter,
     tenant: &TenantId,
     issued: &HashMap<EntryId, Arc<str>>,
-    request_body: &str,
+    requests: ExchangeRequests<'_>,
     upstream: &Option<String>,
     response: &str,
 ) {
     let response_id = adapter.response_id(response);
     if let Some(response_id) = &response_id {
-        let unsettled = adapter.unsettled_calls(request_body, response, &shared.tool_name);
+        let unsettled = adapter.unsettled_calls(requests.last, response, &shared.tool_name);
         if !unsettled.is_empty() {
-            let conversation = upstream.is_none().then_some(request_body);
+            let conversation = upstream.is_none().then_some(requests.first);
             let answers = answer_calls(shared, tenant, issued, conversation, unsettled).await;
             remember_unsettled_calls(shared, tenant, response_id, &answers).await;
         }

@@ -26,7 +26,9 @@ use crate::handle::Counters;
 use crate::id::{EntryId, TenantId};
 use crate::layer::Shared;
 use crate::provider::{Adapter, StreamFilter, Turn};
-use crate::service::{answer_calls, remember_final_turn, round_budget_left, upstream_request};
+use crate::service::{
+    ExchangeRequests, answer_calls, remember_final_turn, round_budget_left, upstream_request,
+};
 use crate::sse::SseParser;
 use crate::upstream::remember_alias;
 
@@ -330,7 +332,10 @@ where
         *adapter,
         tenant,
         issued,
-        &request_body,
+        ExchangeRequests {
+            last: &request_body,
+            first: first_request.get().unwrap_or(&request_body),
+        },
         upstream,
         &response,
     )

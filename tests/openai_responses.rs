@@ -584,6 +584,81 @@ async fn without_previous_response_id_an_id_foreign_to_the_request_is_unknown() 
 }
 
 #[tokio::test]
+async fn a_foreign_id_asked_again_in_a_stored_mixed_turn_stays_unknown_in_the_next_request() {
+    // A stored original of this tenant, from another conversation.
+    let layer = CcrLayer::new()
+        .max_answer_bytes(1 << 20)
+        .secret("responses-foreign");
+    let original = big_log(1_500);
+    let (upstream_1, log_1) =
+        upstream(|_, request| ok(answer_response("resp_1", "ok", 10, request)));
+    layer
+        .layer(upstream_1)
+        .oneshot(post(
+            RESPONSES_URL,
+            responses_body(items(&original), json!({})),
+        ))
+        .await
+        .unwrap();
+    let foreign = marker_hash(log_1.lock().unwrap()[0].text()).unwrap();
+
+    // This conversation never mentions it; the model asks for it, is told it is unknown, then
+    // asks again beside a call of the client's tool: a mixed turn the upstream stores.
+    let hash = foreign.clone();
+    let (upstream_2, log_2) = upstream(move |round, request| match round {
+        0 => ok(calls_response(
+            "resp_2a",
+            &[("call_1", "ccr_retrieve", json!({"hash": hash.clone()}))],
+            request,
+        )),
+        _ => ok(calls_response(
+            "resp_2b",
+            &[
+                ("call_2", "ccr_retrieve", json!({"hash": hash.clone()})),
+                ("call_b", "bash", json!({"cmd": "ls"})),
+            ],
+            request,
+        )),
+    });
+    let response = layer
+        .layer(upstream_2)
+        .oneshot(post(
+            RESPONSES_URL,
+            responses_body(items(&big_log(1_300)), json!({"tools": bash_tool()})),
+        ))
+        .await
+        .unwrap();
+    let (_, text) = body_text(response).await;
+    assert!(
+        text.contains("call_b") && !text.contains("ccr_retrieve"),
+        "{text}"
+    );
+    assert_eq!(log_2.lock().unwrap().len(), 2);
+
+    // The client answers its call, chained on the stored turn: the layer answers call_2, which
+    // the upstream still holds, with what it told the model the first time.
+    let (upstream_3, log_3) =
+        upstream(|_, request| ok(answer_response("resp_3", "done", 5, request)));
+    let next = json!([{"type": "function_call_output", "call_id": "call_b", "output": "a.txt"}]);
+    layer
+        .layer(upstream_3)
+        .oneshot(post(
+            RESPONSES_URL,
+            responses_body(
+                next,
+                json!({"previous_response_id": "resp_2b", "tools": bash_tool()}),
+            ),
+        ))
+        .await
+        .unwrap();
+    let sent = log_3.lock().unwrap()[0].json();
+    let answers = outputs_for(&sent, "call_2");
+    assert_eq!(answers.len(), 1, "{sent}");
+    assert!(answers[0].contains("is unknown"), "{}", answers[0]);
+    assert!(!answers[0].contains("code=card_declined"));
+}
+
+#[tokio::test]
 async fn the_round_cap_forces_a_final_answer() {
     for chained in [false, true] {
         let (upstream, log) = upstream(|round, request| {
