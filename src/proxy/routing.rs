@@ -237,6 +237,9 @@ fn is_gemini_model_method(path: &str) -> bool {
 }
 
 /// The API a request speaks, as the layer tells them apart (by method and path), for metrics.
+/// A request whose path matches but whose body is not of that API (OpenAI's
+/// `/v1/threads/{id}/messages` matches Anthropic's `…/messages`) passes through untouched and
+/// still counts under the API its path names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Api {
     /// `POST …/chat/completions`.
