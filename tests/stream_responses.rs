@@ -701,3 +701,182 @@ async fn events_reach_the_client_before_the_upstream_finishes() {
         .await
         .expect("upstream work stops when the client goes away");
 }
+
+/// The client's stream ended with the layer's error event for a round it could not follow
+/// past `max_body_bytes`: nothing after it, no terminal event.
+fn assert_given_up(events: &[Value]) {
+    let last = events.last().unwrap();
+    assert_error_event(last, "max_body_bytes");
+    assert_eq!(last["code"], "ccr_stream_over_limit");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["type"] != "response.completed" && e["type"] != "response.incomplete"),
+        "no terminal event after the error"
+    );
+}
+
+/// Past `max_body_bytes`, a call not named yet (it could have been ours) turns out to be the
+/// client's: none of its events went out, so the client gets an error event, its stream ends
+/// there, and the upstream body is dropped rather than read to its end.
+#[tokio::test]
+async fn a_call_named_the_clients_past_the_limit_ends_with_an_error_and_stops_the_upstream() {
+    let (body, sender) = TestBody::channel();
+    let body = std::sync::Mutex::new(Some(body));
+    let (upstream, log) = sse_upstream(move |_, _| sse(body.lock().unwrap().take().unwrap()));
+    let response = CcrLayer::new()
+        .max_body_bytes(64 * 1024)
+        .layer(upstream)
+        .oneshot(streaming_request(&big_log(500)))
+        .await
+        .unwrap();
+    let events = {
+        let log = log.lock().unwrap();
+        let mut round = Round::new("resp_1", &log[0]);
+        round.message("Running the tests.");
+        round.push(
+            json!({"type": "response.output_item.added", "output_index": 1,
+            "item": {"id": "fc_1", "type": "function_call", "status": "in_progress",
+                "arguments": "", "call_id": "call_1", "name": ""}}),
+        );
+        for _ in 0..100 {
+            round.push(json!({"type": "response.function_call_arguments.delta",
+                "item_id": "fc_1", "output_index": 1, "delta": "x".repeat(1_000)}));
+        }
+        round.push(
+            json!({"type": "response.output_item.done", "output_index": 1,
+            "item": {"id": "fc_1", "type": "function_call", "status": "completed",
+                "arguments": "{}", "call_id": "call_1", "name": "bash"}}),
+        );
+        round.events
+    };
+    for event in events {
+        sender.send(Ok(Bytes::from(event))).unwrap();
+    }
+    let mut body = Box::pin(response.into_body());
+    let mut received = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the stream ends without waiting for the upstream");
+        match frame {
+            Some(frame) => received.extend_from_slice(&frame.unwrap().into_data().unwrap()),
+            None => break,
+        }
+    }
+    let text = String::from_utf8(received).unwrap();
+    assert!(!text.contains("fc_1"), "the withheld events stay withheld");
+    let events = read_events(&text);
+    assert_one_response(&events);
+    assert_eq!(text_of(&events), "Running the tests.");
+    assert_given_up(&events);
+    tokio::time::timeout(Duration::from_secs(5), sender.closed())
+        .await
+        .expect("the upstream body was dropped");
+}
+
+/// Past `max_body_bytes`, a call whose events never name it is the client's unless the
+/// terminal response names it ours: the client is told when it is not.
+#[tokio::test]
+async fn a_call_never_named_past_the_limit_ends_with_an_error_unless_it_is_ours() {
+    for name in [Some(TOOL), Some("bash"), None] {
+        let (upstream, log) = sse_upstream(move |_, request| {
+            let mut round = Round::new("resp_1", request);
+            // Their done items go over the limit.
+            let first = round.message(&"word ".repeat(8_000));
+            let second = round.message(&"word ".repeat(8_000));
+            let mut call = round.call("call_1", "", &json!({"cmd": "make"}));
+            let output = match name {
+                Some(name) => {
+                    call["name"] = json!(name);
+                    json!([first, second, call])
+                }
+                None => Value::Null,
+            };
+            sse_events(&round.completed(output, 500))
+        });
+        let response = CcrLayer::new()
+            .max_body_bytes(64 * 1024)
+            .layer(upstream)
+            .oneshot(streaming_request(&big_log(500)))
+            .await
+            .unwrap();
+        let (_, text, error) = read_stream(response).await;
+        assert!(error.is_none());
+        assert!(!text.contains("call_1"), "{name:?}");
+        let events = read_events(&text);
+        assert_one_response(&events);
+        assert!(
+            text_of(&events) == "word ".repeat(16_000),
+            "the messages went whole"
+        );
+        if name == Some(TOOL) {
+            assert_eq!(events.last().unwrap()["type"], "response.completed");
+        } else {
+            assert_given_up(&events);
+        }
+        assert_eq!(
+            log.lock().unwrap().len(),
+            1,
+            "over the limit: not continued"
+        );
+    }
+}
+
+/// A server that never sends `output_item.added`: past `max_body_bytes`, however many items
+/// came before, every later item's events reach the client.
+#[tokio::test]
+async fn past_the_limit_items_never_announced_reach_the_client() {
+    let (upstream, _) = sse_upstream(|_, request| {
+        let mut round = Round::new("resp_1", request);
+        for index in 0..40 {
+            let id = format!("msg_{index}");
+            // The first two items' done items go over the limit.
+            let text = if index < 2 {
+                "word ".repeat(8_000)
+            } else {
+                format!("t{index} ")
+            };
+            round.push(json!({"type": "response.output_text.delta", "item_id": id,
+                "output_index": index, "content_index": 0, "delta": text, "logprobs": []}));
+            let part = json!({"type": "output_text", "text": text, "annotations": []});
+            round.push(
+                json!({"type": "response.output_item.done", "output_index": index,
+                "item": {"id": id, "type": "message", "status": "completed",
+                    "role": "assistant", "content": [part]}}),
+            );
+        }
+        round.push(
+            json!({"type": "response.function_call_arguments.delta", "item_id": "fc_40",
+            "output_index": 40, "delta": "{}"}),
+        );
+        round.push(
+            json!({"type": "response.output_item.done", "output_index": 40,
+            "item": {"id": "fc_40", "type": "function_call", "status": "completed",
+                "arguments": "{}", "call_id": "call_40", "name": "bash"}}),
+        );
+        sse_events(&round.completed(Value::Null, 500))
+    });
+    let response = CcrLayer::new()
+        .max_body_bytes(64 * 1024)
+        .layer(upstream)
+        .oneshot(streaming_request(&big_log(500)))
+        .await
+        .unwrap();
+    let (_, text, error) = read_stream(response).await;
+    assert!(error.is_none());
+    let events = read_events(&text);
+    for (sequence, event) in events.iter().enumerate() {
+        assert_eq!(event["sequence_number"], sequence, "{event}");
+    }
+    let later: String = (2..40).map(|index| format!("t{index} ")).collect();
+    let text = text_of(&events);
+    assert_eq!(&text[80_000..], later, "every later item's text");
+    assert!(text[..80_000] == "word ".repeat(16_000));
+    let call = events
+        .iter()
+        .filter(|e| e["item_id"] == "fc_40" || e["item"]["id"] == "fc_40")
+        .count();
+    assert_eq!(call, 2, "the client's call, both its events");
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+}

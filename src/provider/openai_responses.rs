@@ -874,11 +874,24 @@ enum Slot {
     Ours,
     /// A function call not named yet: its events wait for the name.
     Unnamed(Vec<SseEvent>),
-    /// A call still not named when the round went over the limit. Nothing more of it is held,
-    /// and since it may be ours, none of its events reach the client: the round is not
-    /// continued, so no one would answer it. When it is the client's, the terminal response
-    /// still lists it.
-    Withheld,
+    /// A call still not named when the round went over the limit, with the ids its item was
+    /// announced with (see [`withheld`]). Nothing more of it is held, and since it may be ours,
+    /// none of its events reach the client: the round is not continued, so no one would answer
+    /// it. Named ours later (by its done item or the terminal response), it stays dropped; any
+    /// other outcome means the client's call went nowhere, and the filter gives up (the client
+    /// gets an error event).
+    Withheld(Vec<String>),
+}
+
+/// The longest item id a [`Slot::Withheld`] keeps: past the limit nothing is counted, so what a
+/// slot keeps is bounded by itself. A call of ours known only by a longer id at the terminal
+/// event is taken for the client's (the client is told, nothing is lost).
+const MAX_WITHHELD_ID_BYTES: usize = 256;
+
+/// The slot of a call withheld past the limit, announced with `ids`.
+fn withheld(mut ids: Vec<String>) -> Slot {
+    ids.retain(|id| id.len() <= MAX_WITHHELD_ID_BYTES);
+    Slot::Withheld(ids)
 }
 
 /// One streamed Responses exchange (see [`StreamFilter`]). The client sees one response: the
@@ -901,24 +914,32 @@ struct ResponsesStream {
     first_response_id: Option<String>,
     /// Events that waited for their call's name, to send before the current one.
     flush: Vec<SseEvent>,
+    /// Why the filter stopped following the round, when it did: past the limit, a call whose
+    /// events were withheld turned out to be the client's (or could not be told from ours any
+    /// more), or an event came for an item no longer remembered. The client gets an error
+    /// event, and nothing more.
+    given_up: Option<&'static str>,
     round: Round,
 }
 
-/// Past the limit, how many of the round's items (the latest by upstream index) are
-/// remembered, to renumber or drop their later events. Items stream one after another, so
-/// only the last one gets events; the others allow for a server that interleaves a few.
+/// Past the limit, how many of the round's items (the latest by upstream index, and every
+/// withheld call) are remembered, to renumber or drop their later events. Items stream one
+/// after another, so only the last one gets events; the others allow for a server that
+/// interleaves a few.
 const ITEMS_KEPT_PAST_LIMIT: usize = 16;
 
 /// What the filter keeps of the current round.
 #[derive(Default)]
 struct Round {
     /// Upstream `output_index` -> what becomes of the item's events. Ordered: calls never named
-    /// are settled in upstream order. Past the limit, only the latest items (see
-    /// [`ITEMS_KEPT_PAST_LIMIT`]).
+    /// are settled in upstream order. Past the limit, only the latest items and the withheld
+    /// calls (see [`ITEMS_KEPT_PAST_LIMIT`]).
     indexes: BTreeMap<u64, Slot>,
-    /// Items were forgotten past the limit: an event of an item not remembered may be one of a
-    /// call of ours, so it is dropped.
-    forgot_items: bool,
+    /// The highest index forgotten past the limit. An item above it was never seen: its
+    /// events are judged as any new item's. An event of an item not remembered at or below it
+    /// may be a late one of a forgotten item, ours or the client's, whose client index is
+    /// forgotten too: the filter gives up rather than drop it unsaid or send it misnumbered.
+    forgotten_up_to: Option<u64>,
     /// The items of `output_item.done`, by upstream index: the response's `output` when the
     /// terminal event carries none.
     done_items: BTreeMap<u64, String>,
@@ -948,12 +969,45 @@ impl ResponsesStream {
             earlier_usage: Vec::new(),
             first_response_id: None,
             flush: Vec::new(),
+            given_up: None,
             round: Round::default(),
         }
     }
 
+    fn give_up(&mut self, reason: &'static str) {
+        self.given_up.get_or_insert(reason);
+    }
+
+    /// The API's error event, with the client's next sequence number.
+    fn error_with_code(&mut self, message: &str, code: &str) -> Bytes {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let message = quote(message);
+        // The event's members are ResponseErrorEvent's; the nested `error` object, as the API
+        // itself sends it, is what makes the Python SDK's stream raise `APIError`.
+        let code = quote(code);
+        let error = OrderedObject::render([
+            ("type", "\"ccr_error\""),
+            ("code", code.as_str()),
+            ("message", message.as_str()),
+            ("param", "null"),
+        ]);
+        let data = OrderedObject::render([
+            ("type", "\"error\""),
+            ("code", code.as_str()),
+            ("message", message.as_str()),
+            ("param", "null"),
+            ("error", error.as_str()),
+            ("sequence_number", sequence.to_string().as_str()),
+        ]);
+        sse::encode(Some("error"), &data)
+    }
+
     /// Decides an event's fate, and keeps what the round's response needs of it.
     fn judge(&mut self, event: &SseEvent) -> Fate {
+        if self.given_up.is_some() {
+            return Fate::Dropped;
+        }
         if self.round.ended {
             return Fate::Ending;
         }
@@ -970,6 +1024,13 @@ impl ResponsesStream {
             // round ends, then the terminal event is judged again.
             if self.settle_unnamed(&members) {
                 return Fate::Retry;
+            }
+            if kind != "response.failed" {
+                // A failed response's calls are not to be run: its end tells the client.
+                self.settle_withheld(&members);
+            }
+            if self.given_up.is_some() {
+                return Fate::Dropped;
             }
             self.round.ended = true;
             return Fate::Ending;
@@ -996,9 +1057,16 @@ impl ResponsesStream {
                 (!unnamed).then(|| item.is_ours(&self.tool_name))
             });
             let slot = self.round.indexes.get(&upstream_index);
-            if slot.is_none() && self.round.forgot_items && kind != "response.output_item.added" {
-                // Past the limit, an event of an item not remembered may be one of a forgotten
-                // item, of ours for all the filter knows.
+            if slot.is_none()
+                && self
+                    .round
+                    .forgotten_up_to
+                    .is_some_and(|forgotten| upstream_index <= forgotten)
+                && kind != "response.output_item.added"
+            {
+                // Past the limit, an event of an item not remembered may be a late one of a
+                // forgotten item: ours, or the client's at an index no longer known.
+                self.give_up("an event came for an item forgotten past max_body_bytes");
                 return Fate::Dropped;
             }
             match (slot, verdict) {
@@ -1021,7 +1089,11 @@ impl ResponsesStream {
                 }
                 (None, None) if item.is_some() => {
                     let slot = if self.round.over_limit {
-                        Slot::Withheld
+                        let ids = item
+                            .and_then(|item| object(item.get()).ok())
+                            .map(|item| item_ids(&item))
+                            .unwrap_or_default();
+                        withheld(ids)
                     } else {
                         self.round.held_bytes += event.raw.len();
                         Slot::Unnamed(vec![event.clone()])
@@ -1044,6 +1116,16 @@ impl ResponsesStream {
                 // An item first seen through events that did not name it (no
                 // `output_item.added`), now named as ours: it does not reach the client.
                 (Some(Slot::Client(_)), Some(true)) => return Fate::Dropped,
+                // A call withheld past the limit, named: ours stays dropped; the client's had
+                // none of its events sent, so the client must be told.
+                (Some(Slot::Withheld(_)), Some(true)) => {
+                    self.set_slot(upstream_index, Slot::Ours);
+                    return Fate::Dropped;
+                }
+                (Some(Slot::Withheld(_)), Some(false)) => {
+                    self.give_up("a function call went over max_body_bytes before it was named");
+                    return Fate::Dropped;
+                }
                 (Some(_), _) => {}
             }
             if kind == "response.output_item.done"
@@ -1129,30 +1211,9 @@ impl ResponsesStream {
         if unnamed.is_empty() {
             return false;
         }
-        // The terminal response's items, by upstream `output_index`: ours or not; and the ids
-        // of ours.
-        let (ours_at, our_ids) = terminal
-            .get("response")
-            .and_then(|response| object(response.get()).ok())
-            .and_then(|response| {
-                let items = output_items(&response).ok()?;
-                let ours_at: Vec<bool> = items
-                    .iter()
-                    .map(|item| item.is_ours(&self.tool_name))
-                    .collect();
-                let our_ids: Vec<String> = items
-                    .iter()
-                    .filter(|item| item.is_ours(&self.tool_name))
-                    .flat_map(|item| item_ids(&item.members))
-                    .collect();
-                Some((ours_at, our_ids))
-            })
-            .unwrap_or_default();
+        let (ours_at, our_ids) = self.terminal_ours(terminal);
         for upstream_index in unnamed {
-            let ours_by_index = usize::try_from(upstream_index)
-                .ok()
-                .and_then(|at| ours_at.get(at).copied())
-                .unwrap_or(false);
+            let ours_by_index = ours_by_index(&ours_at, upstream_index);
             let ours_by_id = || match self.round.indexes.get(&upstream_index) {
                 Some(Slot::Unnamed(held)) => {
                     held_item_ids(held).iter().any(|id| our_ids.contains(id))
@@ -1176,16 +1237,79 @@ impl ResponsesStream {
         true
     }
 
+    /// The terminal response's items, by upstream `output_index`: ours or not; and the ids of
+    /// ours.
+    fn terminal_ours(&self, terminal: &OrderedObject<'_>) -> (Vec<bool>, Vec<String>) {
+        terminal
+            .get("response")
+            .and_then(|response| object(response.get()).ok())
+            .and_then(|response| {
+                let items = output_items(&response).ok()?;
+                let ours_at: Vec<bool> = items
+                    .iter()
+                    .map(|item| item.is_ours(&self.tool_name))
+                    .collect();
+                let our_ids: Vec<String> = items
+                    .iter()
+                    .filter(|item| item.is_ours(&self.tool_name))
+                    .flat_map(|item| item_ids(&item.members))
+                    .collect();
+                Some((ours_at, our_ids))
+            })
+            .unwrap_or_default()
+    }
+
+    /// At the terminal event (past the limit), settles the calls withheld and still not named:
+    /// one the terminal response names ours (as [`Self::settle_unnamed`] tells) stays dropped;
+    /// any other is the client's, none of whose events went out, so the filter gives up.
+    fn settle_withheld(&mut self, terminal: &OrderedObject<'_>) {
+        let withheld: Vec<(u64, Vec<String>)> = self
+            .round
+            .indexes
+            .iter()
+            .filter_map(|(index, slot)| match slot {
+                Slot::Withheld(ids) => Some((*index, ids.clone())),
+                _ => None,
+            })
+            .collect();
+        if withheld.is_empty() {
+            return;
+        }
+        let (ours_at, our_ids) = self.terminal_ours(terminal);
+        for (upstream_index, ids) in withheld {
+            let ours = ours_by_index(&ours_at, upstream_index)
+                || ids.iter().any(|id| our_ids.contains(id));
+            if !ours {
+                self.give_up("a function call went over max_body_bytes before it was named");
+                return;
+            }
+            self.set_slot(upstream_index, Slot::Ours);
+        }
+    }
+
     /// Sets what becomes of an item's events; the slot it had, if any. A new item's entry counts
     /// against the limit; past it, the lowest indexes are forgotten to make room (the round
-    /// will not be continued: only items that may still get events are needed).
+    /// will not be continued: only items that may still get events are needed), except the
+    /// withheld calls, whose fate is still to tell the client: when those alone fill the room,
+    /// the filter gives up.
     fn set_slot(&mut self, upstream_index: u64, slot: Slot) -> Option<Slot> {
         let round = &mut self.round;
         if !round.indexes.contains_key(&upstream_index) {
             if round.over_limit {
                 while round.indexes.len() >= ITEMS_KEPT_PAST_LIMIT {
-                    round.indexes.pop_first();
-                    round.forgot_items = true;
+                    let forgettable = round
+                        .indexes
+                        .iter()
+                        .find(|(_, slot)| !matches!(slot, Slot::Withheld(_)))
+                        .map(|(index, _)| *index);
+                    let Some(forgotten) = forgettable else {
+                        self.given_up.get_or_insert(
+                            "too many function calls not named yet past max_body_bytes",
+                        );
+                        break;
+                    };
+                    round.indexes.remove(&forgotten);
+                    round.forgotten_up_to = round.forgotten_up_to.max(Some(forgotten));
                 }
             } else {
                 round.held_bytes += size_of::<(u64, Slot)>();
@@ -1247,8 +1371,8 @@ impl ResponsesStream {
         // Calls not named yet hold nothing more either; since any may be ours, none of their
         // events go to the client.
         for slot in self.round.indexes.values_mut() {
-            if matches!(slot, Slot::Unnamed(_)) {
-                *slot = Slot::Withheld;
+            if let Slot::Unnamed(held) = slot {
+                *slot = withheld(held_item_ids(held));
             }
         }
         self.release(out);
@@ -1281,6 +1405,15 @@ fn held_item_ids(held: &[SseEvent]) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether the terminal response's item at `upstream_index` is ours (see
+/// [`ResponsesStream::terminal_ours`]).
+fn ours_by_index(ours_at: &[bool], upstream_index: u64) -> bool {
+    usize::try_from(upstream_index)
+        .ok()
+        .and_then(|at| ours_at.get(at).copied())
+        .unwrap_or(false)
+}
+
 /// The bytes of `events` as they came.
 fn size_of_events(events: &[SseEvent]) -> usize {
     events.iter().map(|event| event.raw.len()).sum()
@@ -1311,6 +1444,9 @@ fn with_done_items(response: &str, done_items: &BTreeMap<u64, String>) -> Option
 
 impl StreamFilter for ResponsesStream {
     fn event(&mut self, event: SseEvent, out: &mut Vec<Bytes>) {
+        if self.given_up.is_some() {
+            return; // The client was told; nothing more of the round goes out.
+        }
         let mut fate = self.judge(&event);
         if !self.flush.is_empty() || matches!(fate, Fate::Retry) {
             for waiting in std::mem::take(&mut self.flush) {
@@ -1321,11 +1457,21 @@ impl StreamFilter for ResponsesStream {
                 fate = self.judge(&event);
             }
         }
-        match fate {
-            Fate::Ending => self.hold(event, out),
-            fate => self.send(event, fate, out),
+        if self.given_up.is_none() {
+            match fate {
+                Fate::Ending => self.hold(event, out),
+                fate => self.send(event, fate, out),
+            }
+            self.enforce_limit(out);
         }
-        self.enforce_limit(out);
+        if let Some(reason) = self.given_up {
+            // What was held would end the stream as if nothing was missing: the error does.
+            self.round.errored = true;
+            self.round.ending = Vec::new();
+            self.flush = Vec::new();
+            let error = self.error_with_code(reason, "ccr_stream_over_limit");
+            out.push(error);
+        }
     }
 
     fn end_round(&mut self) -> Option<String> {
@@ -1359,26 +1505,12 @@ impl StreamFilter for ResponsesStream {
     }
 
     fn error_event(&mut self, message: &str) -> Bytes {
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
-        let message = quote(message);
-        // The event's members are ResponseErrorEvent's; the nested `error` object, as the API
-        // itself sends it, is what makes the Python SDK's stream raise `APIError`.
-        let error = OrderedObject::render([
-            ("type", "\"ccr_error\""),
-            ("code", "\"ccr_continuation_failed\""),
-            ("message", message.as_str()),
-            ("param", "null"),
-        ]);
-        let data = OrderedObject::render([
-            ("type", "\"error\""),
-            ("code", "\"ccr_continuation_failed\""),
-            ("message", message.as_str()),
-            ("param", "null"),
-            ("error", error.as_str()),
-            ("sequence_number", sequence.to_string().as_str()),
-        ]);
-        sse::encode(Some("error"), &data)
+        self.error_with_code(message, "ccr_continuation_failed")
+    }
+
+    fn gave_up(&self) -> bool {
+        // Set while handling an event, whose handling then pushes the error event.
+        self.given_up.is_some()
     }
 }
 
@@ -2598,10 +2730,28 @@ mod tests {
                 .sum()
         }
 
+        /// The client's stream ended with the filter's error event: it was told, and nothing
+        /// came after it.
+        fn assert_given_up(filter: &dyn StreamFilter, events: &[Value]) {
+            assert!(filter.gave_up());
+            let last = events.last().unwrap();
+            assert_eq!(last["type"], "error", "{last}");
+            assert_eq!(last["code"], "ccr_stream_over_limit", "{last}");
+            assert_eq!(last["error"]["code"], "ccr_stream_over_limit", "{last}");
+            assert!(
+                events
+                    .iter()
+                    .all(|e| !TERMINAL_EVENTS.contains(&e["type"].as_str().unwrap())),
+                "no terminal event after a give-up"
+            );
+        }
+
         #[test]
         fn a_call_not_named_holds_no_more_than_the_limit() {
             let limit = 4_096;
-            for later_name in [TOOL, "bash"] {
+            for (later_name, terminal_lists_it) in
+                [(TOOL, true), (TOOL, false), ("bash", true), ("bash", false)]
+            {
                 let (message_events, message_done) = message(0, "msg_1", "Looking.");
                 let mut events = start("resp_1");
                 events.extend(message_events);
@@ -2612,21 +2762,31 @@ mod tests {
                 let done = json!({"id":"fc_1","type":"function_call","status":"completed","arguments":"x","call_id":"call_1","name":later_name});
                 events
                     .push(json!({"type":"response.output_item.done","output_index":1,"item":done}));
+                // Some servers send no `output` in the terminal event.
+                let output = if terminal_lists_it {
+                    json!([message_done, done])
+                } else {
+                    Value::Null
+                };
                 events.push(completed(response(
                     "resp_1",
                     "completed",
-                    json!([message_done, done]),
+                    output,
                     usage(10, 5),
                 )));
                 let mut filter = ResponsesStream::new(TOOL, limit);
                 let mut client = Vec::new();
                 let mut most_held = 0;
                 for event in upstream(&events) {
+                    if filter.gave_up() {
+                        break; // The exchange's stream drops the upstream here.
+                    }
                     filter.event(event, &mut client);
                     most_held = most_held.max(held_unnamed(&filter));
                 }
                 assert!(most_held <= limit, "{most_held} bytes held");
                 assert_eq!(filter.end_round(), None, "over the limit");
+                assert!(!filter.cut_short());
                 filter.finish(&mut client);
                 let events = client_events(&client);
                 assert_coherent(&events);
@@ -2637,8 +2797,193 @@ mod tests {
                         .all(|e| e["item_id"] != "fc_1" && e["item"]["id"] != "fc_1"),
                     "{later_name}"
                 );
-                assert_eq!(events.last().unwrap()["type"], "response.completed");
+                if later_name == TOOL {
+                    assert!(!filter.gave_up());
+                    assert_eq!(events.last().unwrap()["type"], "response.completed");
+                } else {
+                    // The client's call, none of its events sent: the client is told.
+                    assert_given_up(&filter, &events);
+                    assert_eq!(events.len(), 2 + 7 + 1, "the message, then the error");
+                }
             }
+        }
+
+        /// Past the limit, a call whose events never name it is judged by the terminal
+        /// response: one it names ours stays hidden; any other (named the client's, or not
+        /// listed) ends the exchange with an error event.
+        #[test]
+        fn a_call_never_named_past_the_limit_is_judged_by_the_terminal_response() {
+            let limit = 4_096;
+            // A message whose done item alone goes over the limit.
+            let (message_events, message_done) = message(0, "msg_1", &"y".repeat(limit));
+            let ours = json!({"id":"fc_1","type":"function_call","status":"completed","arguments":"{}","call_id":"call_1","name":TOOL});
+            let clients = json!({"id":"fc_1","type":"function_call","status":"completed","arguments":"{}","call_id":"call_1","name":"bash"});
+            for (kind, output, hidden) in [
+                ("response.completed", json!([message_done, ours]), true),
+                // Only ours listed, not at its index: known by its id.
+                ("response.completed", json!([ours]), true),
+                ("response.completed", json!([message_done, clients]), false),
+                ("response.completed", json!([message_done]), false),
+                ("response.completed", Value::Null, false),
+                ("response.incomplete", Value::Null, false),
+                // A failed response's calls are not to be run: its end tells the client.
+                ("response.failed", Value::Null, true),
+            ] {
+                let (call_events, _) = call(1, "fc_1", "call_1", "", "{}");
+                let mut events = start("resp_1");
+                events.extend(message_events.clone());
+                events.extend(call_events);
+                let status = kind.trim_start_matches("response.");
+                let terminal = response("resp_1", status, output.clone(), usage(10, 5));
+                events.push(json!({"type":kind,"response":terminal}));
+                let mut filter = ResponsesStream::new(TOOL, limit);
+                let mut client = Vec::new();
+                for event in upstream(&events) {
+                    if filter.gave_up() {
+                        break;
+                    }
+                    filter.event(event, &mut client);
+                }
+                assert_eq!(filter.end_round(), None, "over the limit");
+                filter.finish(&mut client);
+                let events = client_events(&client);
+                assert_coherent(&events);
+                assert!(
+                    events
+                        .iter()
+                        .all(|e| e["item_id"] != "fc_1" && e["item"]["id"] != "fc_1"),
+                    "{output}"
+                );
+                if hidden {
+                    assert!(!filter.gave_up(), "{kind} {output}");
+                    assert_eq!(events.last().unwrap()["type"], kind);
+                } else {
+                    assert_given_up(&filter, &events);
+                }
+            }
+        }
+
+        /// Past the limit, calls withheld (announced without a name) are remembered until they
+        /// are named: named ours one after another, however many, they stay hidden; when
+        /// withheld calls alone fill the room, the client is told.
+        #[test]
+        fn withheld_calls_are_never_forgotten() {
+            let limit = 4_096;
+            let (message_events, _) = message(0, "msg_0", &"y".repeat(limit));
+            let announced = |index: u64| json!({"type":"response.output_item.added","output_index":index,"item":{"id":format!("fc_{index}"),"type":"function_call","status":"in_progress","arguments":"","call_id":format!("call_{index}"),"name":""}});
+            for named_ours in [true, false] {
+                let mut events = start("resp_1");
+                events.extend(message_events.clone());
+                let calls = if named_ours {
+                    100
+                } else {
+                    ITEMS_KEPT_PAST_LIMIT as u64 + 1
+                };
+                for index in 1..=calls {
+                    events.push(announced(index));
+                    if named_ours {
+                        let done = json!({"id":format!("fc_{index}"),"type":"function_call","status":"completed","arguments":"{}","call_id":format!("call_{index}"),"name":TOOL});
+                        events.push(json!({"type":"response.output_item.done","output_index":index,"item":done}));
+                    }
+                }
+                events.push(completed(response(
+                    "resp_1",
+                    "completed",
+                    Value::Null,
+                    usage(10, 5),
+                )));
+                let upstream_events = upstream(&events);
+                let last_call = upstream_events.len() - 2;
+                let mut filter = ResponsesStream::new(TOOL, limit);
+                let mut client = Vec::new();
+                let mut gave_up_at = None;
+                for (at, event) in upstream_events.into_iter().enumerate() {
+                    filter.event(event, &mut client);
+                    assert!(filter.round.indexes.len() <= ITEMS_KEPT_PAST_LIMIT + 1);
+                    if filter.gave_up() {
+                        gave_up_at = Some(at);
+                        break;
+                    }
+                }
+                assert_eq!(filter.end_round(), None, "over the limit");
+                filter.finish(&mut client);
+                let events = client_events(&client);
+                assert_coherent(&events);
+                assert!(events.iter().all(|e| e["item"]["type"] != "function_call"));
+                if named_ours {
+                    assert!(!filter.gave_up());
+                    assert_eq!(events.last().unwrap()["type"], "response.completed");
+                } else {
+                    // Sixteen withheld calls fill the room; the seventeenth gives up, before
+                    // the terminal event.
+                    assert_eq!(gave_up_at, Some(last_call));
+                    assert_given_up(&filter, &events);
+                    assert_eq!(events.len(), 2 + 7 + 1);
+                }
+            }
+        }
+
+        /// Past the limit, items a server never announces with `output_item.added` still reach
+        /// the client, however many came before.
+        #[test]
+        fn past_the_limit_items_never_announced_reach_the_client() {
+            let limit = 4_096;
+            let mut events = start("resp_1");
+            let text = |index: u64| format!("t{index} ");
+            for index in 0..40 {
+                let id = format!("msg_{index}");
+                // The first message's done item alone goes over the limit.
+                let text = if index == 0 {
+                    "y".repeat(limit)
+                } else {
+                    text(index)
+                };
+                events.push(json!({"type":"response.output_text.delta","item_id":id,"output_index":index,"content_index":0,"delta":text,"logprobs":[]}));
+                let done = json!({"id":id,"type":"message","status":"completed","role":"assistant","content":[{"type":"output_text","text":text,"annotations":[]}]});
+                events.push(
+                    json!({"type":"response.output_item.done","output_index":index,"item":done}),
+                );
+            }
+            // And a call of the client's, never announced either.
+            let done = json!({"id":"fc_40","type":"function_call","status":"completed","arguments":"{}","call_id":"call_40","name":"bash"});
+            events.push(json!({"type":"response.function_call_arguments.delta","item_id":"fc_40","output_index":40,"delta":"{}"}));
+            events.push(json!({"type":"response.output_item.done","output_index":40,"item":done}));
+            events.push(completed(response(
+                "resp_1",
+                "completed",
+                Value::Null,
+                usage(10, 5),
+            )));
+            let upstream_events = upstream(&events);
+            let mut filter = ResponsesStream::new(TOOL, limit);
+            let mut client = Vec::new();
+            for event in upstream_events {
+                filter.event(event, &mut client);
+            }
+            assert!(filter.round.indexes.len() <= ITEMS_KEPT_PAST_LIMIT);
+            assert_eq!(filter.end_round(), None, "over the limit");
+            filter.finish(&mut client);
+            assert!(!filter.gave_up());
+            let events = client_events(&client);
+            // Every event reached the client, at its own index (nothing of ours to renumber).
+            assert_eq!(events.len(), 2 + 40 * 2 + 2 + 1);
+            for (sequence, event) in events.iter().enumerate() {
+                assert_eq!(event["sequence_number"], json!(sequence), "{event}");
+            }
+            let texts: String = events
+                .iter()
+                .filter(|e| e["type"] == "response.output_text.delta")
+                .skip(1)
+                .map(|e| e["delta"].as_str().unwrap())
+                .collect();
+            assert_eq!(texts, (1..40).map(text).collect::<String>());
+            let call: Vec<&Value> = events
+                .iter()
+                .filter(|e| e["item_id"] == "fc_40" || e["item"]["id"] == "fc_40")
+                .collect();
+            assert_eq!(call.len(), 2);
+            assert!(call.iter().all(|e| e["output_index"] == 40));
+            assert_eq!(events.last().unwrap()["type"], "response.completed");
         }
 
         #[test]
@@ -2675,32 +3020,57 @@ mod tests {
                     .0
                 });
             }
-            // A late event of a call of ours long gone by.
-            events.push(json!({"type":"response.function_call_arguments.delta","item_id":"fc_1","output_index":1,"delta":"late"}));
-            events.push(completed(response(
-                "resp_1",
-                "completed",
-                Value::Null,
-                usage(10, 5),
-            )));
-            let mut filter = ResponsesStream::new(TOOL, limit);
-            let mut client = Vec::new();
-            let mut most_kept = 0;
-            for event in upstream(&events) {
-                filter.event(event, &mut client);
-                most_kept = most_kept.max(filter.round.indexes.len());
+            // A late event of an item long forgotten, a call of ours or a message of the
+            // client's (whose client index is forgotten too): the filter cannot tell.
+            let late_events = [
+                None,
+                Some(
+                    json!({"type":"response.function_call_arguments.delta","item_id":"fc_1","output_index":1,"delta":"late"}),
+                ),
+                Some(
+                    json!({"type":"response.output_text.delta","item_id":"msg_0","output_index":0,"content_index":0,"delta":"late","logprobs":[]}),
+                ),
+            ];
+            for late_event in late_events {
+                let late = late_event.is_some();
+                let mut events = events.clone();
+                events.extend(late_event);
+                events.push(completed(response(
+                    "resp_1",
+                    "completed",
+                    Value::Null,
+                    usage(10, 5),
+                )));
+                let mut filter = ResponsesStream::new(TOOL, limit);
+                let mut client = Vec::new();
+                let mut most_kept = 0;
+                for event in upstream(&events) {
+                    if filter.gave_up() {
+                        break;
+                    }
+                    filter.event(event, &mut client);
+                    most_kept = most_kept.max(filter.round.indexes.len());
+                }
+                assert!(most_kept <= bound, "{most_kept} items kept");
+                assert_eq!(filter.end_round(), None, "over the limit");
+                filter.finish(&mut client);
+                let events = client_events(&client);
+                assert_coherent(&events);
+                assert!(!serde_json::to_string(&events).unwrap().contains("late"));
+                let added = events
+                    .iter()
+                    .filter(|e| e["type"] == "response.output_item.added")
+                    .count();
+                assert_eq!(added, 1_000);
+                if late {
+                    // Its fate is not known any more: the client is told rather than risk
+                    // losing its text.
+                    assert_given_up(&filter, &events);
+                } else {
+                    assert!(!filter.gave_up());
+                    assert_eq!(events.last().unwrap()["type"], "response.completed");
+                }
             }
-            assert!(most_kept <= bound, "{most_kept} items kept");
-            assert_eq!(filter.end_round(), None, "over the limit");
-            filter.finish(&mut client);
-            let events = client_events(&client);
-            assert_coherent(&events);
-            assert!(!serde_json::to_string(&events).unwrap().contains("late"));
-            let added = events
-                .iter()
-                .filter(|e| e["type"] == "response.output_item.added")
-                .count();
-            assert_eq!(added, 1_000);
         }
 
         /// Two calls whose events never name them (nor does their done item), after ours.
