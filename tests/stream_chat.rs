@@ -685,3 +685,167 @@ async fn a_round_the_filter_gives_up_on_ends_with_an_error_and_stops_the_upstrea
         .await
         .expect("the upstream body was dropped");
 }
+
+/// A retrieval turn of a Mistral reasoning model: `delta.content` comes as lists of
+/// `thinking` and `text` chunks of one fragment each, after an empty string; the
+/// non-streamed message has one chunk per block.
+fn mistral_turn(hash: &str) -> (Vec<String>, Value) {
+    let arguments = json!({"hash": hash}).to_string();
+    let thinking =
+        |text: &str| json!([{"type": "thinking", "thinking": [{"type": "text", "text": text}]}]);
+    let text = |text: &str| json!([{"type": "text", "text": text}]);
+    let mut events = vec![chunk(
+        "m1",
+        json!({"role": "assistant", "content": ""}),
+        None,
+    )];
+    for piece in [
+        thinking("I need"),
+        thinking(" the log"),
+        text("Let me "),
+        text("look."),
+    ] {
+        events.push(chunk("m1", json!({"content": piece}), None));
+    }
+    events.push(chunk(
+        "m1",
+        json!({"tool_calls": [{"index": 0, "id": "call_r1", "type": "function",
+            "function": {"name": TOOL, "arguments": arguments}}]}),
+        None,
+    ));
+    events.push(chunk("m1", json!({}), Some("tool_calls")));
+    events.push(DONE.into());
+    let message = json!({"role": "assistant", "content": [
+            {"type": "thinking", "thinking": [{"type": "text", "text": "I need the log"}]},
+            {"type": "text", "text": "Let me look."}],
+        "tool_calls": [{"id": "call_r1", "type": "function",
+            "function": {"name": TOOL, "arguments": arguments}}]});
+    (events, message)
+}
+
+/// The assistant message the layer appended to a continuation, as raw text: a JSON parser
+/// would keep one of two members of the same name.
+fn appended_assistant(continuation: &str) -> &str {
+    let start = continuation.rfind("{\"role\":\"assistant\"").unwrap();
+    let message = &continuation[start..];
+    &message[..message.find("\"tool_calls\"").unwrap()]
+}
+
+/// The continuation of a streamed Mistral round carries one `content`, the one the
+/// non-streamed round's continuation carries.
+#[tokio::test]
+async fn a_streamed_content_of_chunk_lists_goes_back_as_the_non_streamed_one() {
+    let (streaming, log) = sse_upstream(|round, request| match round {
+        0 => sse_events(&mistral_turn(&marker_hash(request.text()).unwrap()).0),
+        _ => sse_events(&text_stream("m2", "Done.", 300)),
+    });
+    let (_, text, error) =
+        stream_through_layer(streaming, streaming_request(&big_log(2_000))).await;
+    assert!(error.is_none() && !text.contains(TOOL), "{text}");
+    let streamed = log.lock().unwrap()[1].clone();
+    assert_eq!(
+        appended_assistant(streamed.text())
+            .matches("\"content\":")
+            .count(),
+        1,
+        "{}",
+        streamed.text()
+    );
+
+    let (not_streaming, log) = upstream(|round, request| match round {
+        0 => json_response(
+            StatusCode::OK,
+            json!({"id": "m1", "object": "chat.completion", "created": 7, "model": "gpt-x",
+                "choices": [{"index": 0, "finish_reason": "tool_calls",
+                    "message": mistral_turn(&marker_hash(request.text()).unwrap()).1}]})
+            .to_string(),
+        ),
+        _ => answer("Done.", 300),
+    });
+    let request = post(
+        CHAT_URL,
+        chat_body(
+            conversation(&big_log(2_000)),
+            json!({"tools": [{"type": "function", "function": {"name": "bash", "parameters": {"type": "object"}}}]}),
+        ),
+    );
+    let response = CcrLayer::new()
+        .layer(not_streaming)
+        .oneshot(request)
+        .await
+        .unwrap();
+    let _ = body_text(response).await;
+    let not_streamed = log.lock().unwrap()[1].json();
+    // Each layer marks the output with its own hash: the turns differ in it alone.
+    let content = |request: &Value| request["messages"][4]["content"].clone();
+    assert_eq!(content(&streamed.json()), content(&not_streamed));
+    assert_eq!(
+        content(&not_streamed),
+        json!([{"type": "thinking", "thinking": [{"type": "text", "text": "I need the log"}]},
+            {"type": "text", "text": "Let me look."}])
+    );
+}
+
+/// A `content` that came both as text and as a list cannot be rebuilt as the server sent it:
+/// the round is not continued, and the client gets it as it came, without the retrieval call.
+#[tokio::test]
+async fn a_content_streamed_as_text_and_as_lists_is_not_continued() {
+    let (upstream, log) = sse_upstream(|_, request| {
+        let mut events = mistral_turn(&marker_hash(request.text()).unwrap()).0;
+        events.insert(1, chunk("m1", json!({"content": "Sure. "}), None));
+        sse_events(&events)
+    });
+    let (_, text, error) = stream_through_layer(upstream, streaming_request(&big_log(2_000))).await;
+    assert!(error.is_none(), "{text}");
+    assert!(!text.contains(TOOL) && !text.contains("call_r1"), "{text}");
+    assert_eq!(log.lock().unwrap().len(), 1, "not continued");
+    let (content, chunks) = read_chat(&text);
+    assert_eq!(content, "Sure. ");
+    let finish = chunks
+        .iter()
+        .find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("stop"));
+    assert!(text.ends_with(DONE));
+}
+
+/// Past `max_body_bytes`, a call not named yet is dropped (it could be ours); the round ends
+/// without naming it: it was the client's, and the client is told rather than read a turn
+/// that ends with `stop` and lacks it.
+#[tokio::test]
+async fn a_call_never_named_past_the_limit_ends_the_stream_with_an_error() {
+    let (upstream, log) = sse_upstream(|_, _| {
+        let mut events = vec![
+            chunk("c1", json!({"role": "assistant", "content": null}), None),
+            chunk(
+                "c1",
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                    "function": {"arguments": ""}}]}),
+                None,
+            ),
+        ];
+        for _ in 0..100 {
+            events.push(chunk(
+                "c1",
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "x".repeat(1_000)}}]}),
+                None,
+            ));
+        }
+        events.push(chunk("c1", json!({}), Some("tool_calls")));
+        events.push(DONE.into());
+        sse_events(&events)
+    });
+    let response = CcrLayer::new()
+        .max_body_bytes(64 * 1024)
+        .layer(upstream)
+        .oneshot(streaming_request(&big_log(500)))
+        .await
+        .unwrap();
+    let (_, text, _) = read_stream(response).await;
+    assert!(
+        text.contains("\"code\":\"ccr_stream_over_limit\""),
+        "{text}"
+    );
+    assert!(!text.contains("\"finish_reason\":\"stop\""), "{text}");
+    assert!(!text.contains(DONE), "{text}");
+    assert_eq!(log.lock().unwrap().len(), 1);
+}

@@ -301,6 +301,10 @@ const CALL_STATE_BYTES: usize =
 /// forwards the client's. A stream opening more is given up: the memory stays bounded.
 const MAX_CALLS_PAST_LIMIT: usize = 256;
 
+/// Why a round is given up when a call was not named before it went over the limit, and then
+/// named the client's or never named.
+const UNNAMED_PAST_LIMIT: &str = "a tool call went over max_body_bytes before it was named";
+
 /// Most distinct members a streamed message (its deltas) or one of its calls may have: a real
 /// one has a handful. More are taken as more than the limit, so that looking a member up stays
 /// cheap.
@@ -348,10 +352,222 @@ enum Owner {
 
 /// A non-string member of the deltas, as the non-streamed message carries it.
 enum DeltaMember {
-    /// An array streamed in pieces (OpenRouter's `reasoning_details`): every piece's elements.
-    Elements(Vec<String>),
+    /// An array streamed in pieces (OpenRouter's `reasoning_details`, Mistral's `content`):
+    /// the pieces as they came, one after the other (`[…][…]`); the elements of all of them
+    /// make the message's array.
+    Pieces(String),
     /// Any other value: the last one.
     Value(String),
+}
+
+impl DeltaMember {
+    /// The member's value in the message. The parts of a `content` streamed in pieces are
+    /// merged where a piece goes on with the part before it (see [`Parts`]); the elements of
+    /// other arrays are kept as they came.
+    fn value(&self, key: &str) -> String {
+        let pieces = match self {
+            DeltaMember::Value(value) => return value.clone(),
+            DeltaMember::Pieces(pieces) => pieces,
+        };
+        let pieces = serde_json::Deserializer::from_str(pieces)
+            .into_iter::<Vec<&RawValue>>()
+            .map_while(Result::ok);
+        if key == "content" {
+            let mut parts = Parts::default();
+            for piece in pieces {
+                parts.append_piece(piece);
+            }
+            return parts.render();
+        }
+        let mut joined = String::from("[");
+        for element in pieces.flatten() {
+            if joined.len() > 1 {
+                joined.push(',');
+            }
+            joined.push_str(element.get());
+        }
+        joined.push(']');
+        joined
+    }
+}
+
+/// The parts of a content array streamed in pieces, as the non-streamed message carries them.
+/// Mistral's reasoning models stream a `thinking` or `text` chunk of one fragment per piece,
+/// where the message has one chunk per block, and refuse a replayed message with several
+/// thinking chunks in a row. So the first part of a piece that goes on with the last part
+/// before it (see [`Part::merge`]) is merged into it: texts joined, and the parts of arrays
+/// merged in turn the same way. Parts within one piece are kept as the server sent them.
+#[derive(Default)]
+struct Parts<'a> {
+    /// The parts before the last, rendered, each followed by a comma: no piece goes on with
+    /// them.
+    rendered: String,
+    last: Option<Box<Part<'a>>>,
+}
+
+impl<'a> Parts<'a> {
+    fn append_piece(&mut self, piece: Vec<&'a RawValue>) {
+        for (index, element) in piece.into_iter().enumerate() {
+            if index == 0
+                && self
+                    .last
+                    .as_mut()
+                    .is_some_and(|last| last.merge(element.get()))
+            {
+                continue;
+            }
+            if let Some(last) = self.last.replace(Box::new(Part::Raw(element.get()))) {
+                last.render_into(&mut self.rendered);
+                self.rendered.push(',');
+            }
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::with_capacity(self.rendered.len() + 2);
+        out.push('[');
+        out.push_str(&self.rendered);
+        if let Some(last) = &self.last {
+            last.render_into(&mut out);
+        }
+        out.push(']');
+        out
+    }
+}
+
+/// A content part of a streamed message: as it came, or with parts of later pieces merged in.
+enum Part<'a> {
+    Raw(&'a str),
+    Merged {
+        /// The first part's members, whose member at `position` is replaced by `joined`.
+        members: OrderedObject<'a>,
+        position: usize,
+        joined: Joined<'a>,
+    },
+}
+
+/// The merged member of a [`Part`]: strings concatenated, or arrays' parts merged.
+enum Joined<'a> {
+    Text(String),
+    Parts(Parts<'a>),
+}
+
+/// A content part that a part of the next piece may go on with: an object with a `type` and
+/// one member named by it, a string or an array (`{"type":"text","text":"…"}`, Mistral's
+/// `{"type":"thinking","thinking":[…]}`); with that member's position.
+fn continued_part(raw: &str) -> Option<(OrderedObject<'_>, usize)> {
+    let members = object(raw).ok()?;
+    let kind = members.get("type").and_then(string_value)?;
+    if kind == "type" {
+        return None;
+    }
+    let mut named = members
+        .0
+        .iter()
+        .enumerate()
+        .filter(|(_, (key, _))| *key == kind);
+    let (position, (_, value)) = named.next()?;
+    if named.next().is_some() || !(value.get().starts_with('"') || value.get().starts_with('[')) {
+        return None;
+    }
+    Some((members, position))
+}
+
+/// Whether a part (`next`) goes on with another (`first`), both read by [`continued_part`]:
+/// the same members in the same order, equal but for the one named by the `type`, which is
+/// of the same kind (string or array) in both.
+fn goes_on(
+    first: &OrderedObject<'_>,
+    first_position: usize,
+    next: &OrderedObject<'_>,
+    next_position: usize,
+) -> bool {
+    first_position == next_position
+        && first.0.len() == next.0.len()
+        && first.0.iter().zip(&next.0).enumerate().all(
+            |(index, ((first_key, first_value), (next_key, next_value)))| {
+                first_key == next_key
+                    && if index == first_position {
+                        first_value.get().as_bytes()[..1] == next_value.get().as_bytes()[..1]
+                    } else {
+                        first_value.get() == next_value.get()
+                    }
+            },
+        )
+}
+
+impl<'a> Part<'a> {
+    /// Merges `next` into this part when it goes on with it (see [`goes_on`]).
+    fn merge(&mut self, next: &'a str) -> bool {
+        let Some((next_members, next_position)) = continued_part(next) else {
+            return false;
+        };
+        match self {
+            Part::Raw(raw) => {
+                let Some((members, position)) = continued_part(raw) else {
+                    return false;
+                };
+                if !goes_on(&members, position, &next_members, next_position) {
+                    return false;
+                }
+                let value = members.0[position].1;
+                let joined = match string_value(value) {
+                    Some(text) => Joined::Text(text.into_owned()),
+                    None => {
+                        let mut parts = Parts::default();
+                        parts.append_piece(array(value.get()).unwrap_or_default());
+                        Joined::Parts(parts)
+                    }
+                };
+                *self = Part::Merged {
+                    members,
+                    position,
+                    joined,
+                };
+            }
+            Part::Merged {
+                members, position, ..
+            } => {
+                if !goes_on(members, *position, &next_members, next_position) {
+                    return false;
+                }
+            }
+        }
+        let Part::Merged { joined, .. } = self else {
+            return false;
+        };
+        let value = next_members.0[next_position].1;
+        match joined {
+            Joined::Text(text) => text.push_str(&string_value(value).unwrap_or_default()),
+            Joined::Parts(parts) => parts.append_piece(array(value.get()).unwrap_or_default()),
+        }
+        true
+    }
+
+    fn render_into(&self, out: &mut String) {
+        match self {
+            Part::Raw(raw) => out.push_str(raw),
+            Part::Merged {
+                members,
+                position,
+                joined,
+            } => {
+                let joined = match joined {
+                    Joined::Text(text) => quote(text),
+                    Joined::Parts(parts) => parts.render(),
+                };
+                out.push_str(&OrderedObject::render(members.0.iter().enumerate().map(
+                    |(index, (key, value))| {
+                        if index == *position {
+                            (key.as_ref(), joined.as_str())
+                        } else {
+                            (key.as_ref(), value.get())
+                        }
+                    },
+                )));
+            }
+        }
+    }
 }
 
 /// An ending event of a round (the chunk with `finish_reason` and all after it: the usage
@@ -396,6 +612,9 @@ pub(crate) struct ChatStream {
     /// More than the limit came: nothing more is assembled or held, and the round is not
     /// continued.
     over_limit: bool,
+    /// A member of the deltas came both as a string and as another value: the round cannot be
+    /// rebuilt as the non-streamed message carries it, so it is not continued.
+    unreplayable: bool,
     failed: bool,
     /// Why the filter stopped following the round, when it did: past the limit came a call it
     /// could not tell from the retrieval tool's without holding more, or whose first fragments
@@ -426,6 +645,7 @@ impl ChatStream {
             held: Vec::new(),
             bytes: 0,
             over_limit: false,
+            unreplayable: false,
             failed: false,
             given_up: None,
         }
@@ -459,6 +679,24 @@ impl ChatStream {
 
     fn give_up(&mut self, reason: &'static str) {
         self.given_up.get_or_insert(reason);
+    }
+
+    /// Whether a call not named when the round went over the limit is still not named: it was
+    /// the client's (a call never named is), and the client did not get its first fragments.
+    fn lost_a_call(&self) -> bool {
+        self.calls
+            .iter()
+            .any(|call| call.owner == Some(Owner::Unknown))
+    }
+
+    /// Ends the client's stream with the error of a round given up. What was held would end
+    /// it as if nothing was missing: the error does.
+    fn tell_given_up(&mut self, out: &mut Vec<Bytes>) {
+        if let Some(reason) = self.given_up {
+            self.failed = true;
+            self.held.clear();
+            out.push(error_chunk(reason, "ccr_stream_over_limit"));
+        }
     }
 
     /// `fragment` with the client's index.
@@ -578,7 +816,7 @@ impl ChatStream {
                 self.calls[position].owner = Some(Owner::Layer);
             }
             Some(Owner::Unknown) => {
-                self.give_up("a tool call went over max_body_bytes before it was named");
+                self.give_up(UNNAMED_PAST_LIMIT);
                 return Vec::new();
             }
             Some(_) => {}
@@ -665,8 +903,14 @@ impl ChatStream {
     }
 
     /// Takes in a string member of a delta (content, refusal, reasoning…): the pieces are
-    /// joined.
+    /// joined. A member that came as another value too makes the round
+    /// [`unreplayable`](Self::unreplayable).
     fn delta_text(&mut self, key: &str, text: Cow<'_, str>) {
+        // An empty string adds nothing (Mistral's streams begin with `"content":""` before
+        // their `content` lists).
+        if !text.is_empty() && self.delta_members.iter().any(|(kept, _)| kept == key) {
+            self.unreplayable = true;
+        }
         let known = self.texts.iter().position(|(kept, _)| kept == key);
         if known.is_none() && self.texts.len() + self.delta_members.len() >= MAX_MEMBERS {
             self.exceed_limit();
@@ -682,8 +926,16 @@ impl ChatStream {
     }
 
     /// Takes in a delta member that is not a string, as the non-streamed message would carry
-    /// it: arrays streamed in pieces are joined, other values replaced.
+    /// it: arrays streamed in pieces are joined, other values replaced. A member that came as
+    /// a string too makes the round [`unreplayable`](Self::unreplayable).
     fn delta_member(&mut self, key: &str, value: &RawValue) {
+        if self
+            .texts
+            .iter()
+            .any(|(kept, text)| kept == key && !text.is_empty())
+        {
+            self.unreplayable = true;
+        }
         let known = self.delta_members.iter().any(|(kept, _)| kept == key);
         if !known && self.texts.len() + self.delta_members.len() >= MAX_MEMBERS {
             self.exceed_limit();
@@ -691,24 +943,21 @@ impl ChatStream {
         if !self.keep(key.len() + value.get().len()) {
             return;
         }
-        let elements = array(value.get()).ok();
-        let kept = self.delta_members.iter_mut().find(|(kept, _)| kept == key);
-        match (kept, elements) {
-            (Some((_, DeltaMember::Elements(joined))), Some(elements)) => {
-                joined.extend(elements.iter().map(|e| e.get().to_owned()));
+        // A value of a parsed object: it is an array when it begins like one.
+        let value = value.get();
+        let member = || {
+            if value.starts_with('[') {
+                DeltaMember::Pieces(value.to_owned())
+            } else {
+                DeltaMember::Value(value.to_owned())
             }
-            (Some((_, kept)), None) => *kept = DeltaMember::Value(value.get().to_owned()),
-            (kept, Some(elements)) => {
-                let member =
-                    DeltaMember::Elements(elements.iter().map(|e| e.get().to_owned()).collect());
-                match kept {
-                    Some((_, kept)) => *kept = member,
-                    None => self.delta_members.push((key.to_owned(), member)),
-                }
+        };
+        match self.delta_members.iter_mut().find(|(kept, _)| kept == key) {
+            Some((_, DeltaMember::Pieces(pieces))) if value.starts_with('[') => {
+                pieces.push_str(value);
             }
-            (None, None) => self
-                .delta_members
-                .push((key.to_owned(), DeltaMember::Value(value.get().to_owned()))),
+            Some((_, kept)) => *kept = member(),
+            None => self.delta_members.push((key.to_owned(), member())),
         }
     }
 
@@ -767,6 +1016,10 @@ impl ChatStream {
             }
         }
         if finishes {
+            if self.lost_a_call() {
+                self.give_up(UNNAMED_PAST_LIMIT);
+                return None;
+            }
             let flushed = self.unnamed_calls_fragments();
             if !flushed.is_empty() {
                 changed = true;
@@ -884,27 +1137,29 @@ impl ChatStream {
     /// The round's completion, as a non-streamed response.
     fn assembled(&self) -> String {
         let mut message: Vec<(String, String)> = vec![("role".into(), "\"assistant\"".into())];
+        // One `content`: the text, or the value that came (a round where both came with
+        // something in them is not continued), or `null`.
         let content = self
-            .texts
+            .delta_members
             .iter()
             .find(|(key, _)| key == "content")
-            .map(|(_, text)| text.as_str())
-            .filter(|text| !text.is_empty());
-        message.push((
-            "content".into(),
-            content.map_or_else(|| "null".into(), quote),
-        ));
+            .map(|(key, member)| member.value(key))
+            .or_else(|| {
+                self.texts
+                    .iter()
+                    .find(|(key, text)| key == "content" && !text.is_empty())
+                    .map(|(_, text)| quote(text))
+            });
+        message.push(("content".into(), content.unwrap_or_else(|| "null".into())));
         for (key, text) in &self.texts {
             if key != "content" && !text.is_empty() {
                 message.push((key.clone(), quote(text)));
             }
         }
         for (key, member) in &self.delta_members {
-            let value = match member {
-                DeltaMember::Elements(elements) => format!("[{}]", elements.join(",")),
-                DeltaMember::Value(value) => value.clone(),
-            };
-            message.push((key.clone(), value));
+            if key != "content" {
+                message.push((key.clone(), member.value(key)));
+            }
         }
         if !self.calls.is_empty() {
             let calls: Vec<String> = self
@@ -1027,25 +1282,35 @@ impl StreamFilter for ChatStream {
         }
         let ended_before = self.finish_reason.is_some() || !self.held.is_empty();
         let Some(data) = event.data.as_deref() else {
-            // Comments and keep-alives: after the round's end they wait with it.
-            if ended_before && !self.over_limit {
+            // Comments and keep-alives: after the round's end they wait with it, counted as
+            // its chunks are (an upstream may send them for as long as it keeps the stream
+            // open). Past the limit the round's end is final: it goes out, and they after it.
+            if ended_before && self.keep(event.raw.len()) {
                 self.held.push(HeldChunk {
                     raw: event.raw,
                     data: None,
                     changed: false,
                 });
             } else {
+                self.release(out);
                 out.push(event.raw);
             }
             return;
         };
         if data.trim() == "[DONE]" {
+            if !self.failed && self.lost_a_call() {
+                // The round ends without a finish chunk.
+                self.give_up(UNNAMED_PAST_LIMIT);
+                self.tell_given_up(out);
+                return;
+            }
+            let held = self.keep(event.raw.len());
             self.held.push(HeldChunk {
                 raw: event.raw,
                 data: None,
                 changed: false,
             });
-            if self.over_limit {
+            if !held {
                 self.release(out);
             }
             return;
@@ -1061,11 +1326,8 @@ impl StreamFilter for ChatStream {
             out.push(event.raw); // Not a chunk: not the layer's business.
             return;
         };
-        if let Some(reason) = self.given_up {
-            // What was held would end the stream as if nothing was missing: the error does.
-            self.failed = true;
-            self.held.clear();
-            out.push(error_chunk(reason, "ccr_stream_over_limit"));
+        if self.given_up.is_some() {
+            self.tell_given_up(out);
             return;
         }
         if emptied {
@@ -1094,7 +1356,7 @@ impl StreamFilter for ChatStream {
     }
 
     fn end_round(&mut self) -> Option<String> {
-        if self.failed || self.finish_reason.is_none() || self.over_limit {
+        if self.failed || self.finish_reason.is_none() || self.over_limit || self.unreplayable {
             return None;
         }
         Some(self.assembled())
@@ -1123,9 +1385,16 @@ impl StreamFilter for ChatStream {
         self.held.clear();
         self.bytes = 0;
         self.over_limit = false;
+        self.unreplayable = false;
     }
 
     fn finish(&mut self, out: &mut Vec<Bytes>) {
+        if !self.failed && self.lost_a_call() {
+            // The upstream ended with neither a finish chunk nor `[DONE]`.
+            self.give_up(UNNAMED_PAST_LIMIT);
+            self.tell_given_up(out);
+            return;
+        }
         self.release(out);
     }
 
@@ -1928,5 +2197,184 @@ mod tests {
                     "extra_content": {"s": 1}},
             ])
         );
+    }
+
+    /// A chunk whose delta is `delta` (JSON).
+    fn delta_chunk(delta: &str) -> String {
+        format!(
+            "data: {{\"id\":\"m1\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":null}}]}}\n\n"
+        )
+    }
+
+    /// A retrieval round whose content comes in the deltas given (JSON values).
+    fn round_with_content(pieces: &[&str]) -> String {
+        let mut stream = delta_chunk(r#"{"role":"assistant","content":""}"#);
+        for piece in pieces {
+            stream.push_str(&delta_chunk(&format!(r#"{{"content":{piece}}}"#)));
+        }
+        stream.push_str(&call_chunk(
+            r#"{"index":0,"id":"c1","type":"function","function":{"name":"ccr_retrieve","arguments":"{\"hash\":\"abc\"}"}}"#,
+        ));
+        stream + &finish_chunk("tool_calls") + "data: [DONE]\n\n"
+    }
+
+    /// Mistral's reasoning models stream `delta.content` as lists of `thinking` and `text`
+    /// chunks, one fragment each, after empty strings. The round is replayed with one `content`,
+    /// as the non-streamed message carries it: one chunk per block.
+    #[test]
+    fn content_streamed_as_arrays_is_replayed_as_one_merged_array() {
+        let thinking = |text: &str| {
+            format!(r#"[{{"type":"thinking","thinking":[{{"type":"text","text":"{text}"}}]}}]"#)
+        };
+        let text = |text: &str| format!(r#"[{{"type":"text","text":"{text}"}}]"#);
+        let stream = round_with_content(&[
+            "\"\"",
+            &thinking("I need"),
+            &thinking(" the log"),
+            "\"\"",
+            &text("Let me "),
+            &text("look."),
+        ]);
+        let mut filter = ChatStream::new(TOOL, 1 << 20);
+        feed(&mut filter, &stream);
+        let response = filter.end_round().expect("the round is continued");
+        let root = object(&response).unwrap();
+        let choice = object(array(root.get("choices").unwrap().get()).unwrap()[0].get()).unwrap();
+        let message = object(choice.get("message").unwrap().get()).unwrap();
+        let contents: Vec<&str> = message
+            .0
+            .iter()
+            .filter(|(key, _)| key == "content")
+            .map(|(_, value)| value.get())
+            .collect();
+        assert_eq!(
+            contents,
+            [
+                r#"[{"type":"thinking","thinking":[{"type":"text","text":"I need the log"}]},{"type":"text","text":"Let me look."}]"#
+            ],
+            "{response}"
+        );
+        assert!(matches!(
+            OpenAiChat.read_turn(&response, TOOL).unwrap(),
+            Turn::Retrieve(_)
+        ));
+        let answers = [Answer {
+            call_id: "c1".into(),
+            text: "original".into(),
+        }];
+        let next = OpenAiChat
+            .continuation(r#"{"messages":[]}"#, &response, &answers, false)
+            .unwrap();
+        assert_eq!(next.matches("\"content\":").count(), 2, "{next}");
+    }
+
+    #[test]
+    fn content_parts_of_other_kinds_stay_as_they_came() {
+        // Different types, members other than the text that differ, and elements that are not
+        // parts: nothing to merge.
+        let pieces = [
+            r#"[{"type":"text","text":"a"},{"type":"refusal","refusal":"b"}]"#,
+            r#"[{"type":"refusal","refusal":"c","x":1},{"type":"refusal","refusal":"d","x":2}]"#,
+            r#"[{"type":"text","text":["e"]},{"type":"text","text":"f"},7,{"text":"g"},{"text":"h"}]"#,
+        ];
+        let mut filter = ChatStream::new(TOOL, 1 << 20);
+        feed(&mut filter, &round_with_content(&pieces));
+        let response: serde_json::Value =
+            serde_json::from_str(&filter.end_round().unwrap()).unwrap();
+        let joined: Vec<serde_json::Value> = pieces
+            .iter()
+            .flat_map(|piece| serde_json::from_str::<Vec<serde_json::Value>>(piece).unwrap())
+            .collect();
+        assert_eq!(
+            response["choices"][0]["message"]["content"],
+            serde_json::Value::Array(joined)
+        );
+    }
+
+    /// A key that came both as a string and as another value cannot be rebuilt as the
+    /// non-streamed message carries it: the round is not continued, and the client gets it as
+    /// it came, without the retrieval tool's call.
+    #[test]
+    fn content_streamed_as_strings_and_arrays_is_not_continued() {
+        let part = r#"[{"type":"text","text":"b"}]"#;
+        for pieces in [["\"a\"", part], [part, "\"a\""]] {
+            let mut filter = ChatStream::new(TOOL, 1 << 20);
+            let mut client = feed(&mut filter, &round_with_content(&pieces));
+            assert_eq!(filter.end_round(), None, "{pieces:?}");
+            assert!(!filter.cut_short());
+            let mut out = Vec::new();
+            filter.finish(&mut out);
+            client.extend(out.iter().map(|b| String::from_utf8_lossy(b).into_owned()));
+            assert!(!client.contains(TOOL), "{client}");
+            assert!(client.contains("\"finish_reason\":\"stop\""), "{client}");
+            assert!(client.ends_with("data: [DONE]\n\n"), "{client}");
+        }
+    }
+
+    /// Past the limit a call not named yet is dropped (it could be ours); never named by the
+    /// round's end, it was the client's: the client is told rather than read a round that
+    /// ends with `stop` and lacks it.
+    #[test]
+    fn a_call_never_named_past_the_limit_ends_the_stream_with_an_error() {
+        let mut stream = call_chunk(
+            r#"{"index":0,"id":"call_1","type":"function","function":{"arguments":""}}"#,
+        );
+        for _ in 0..50 {
+            let piece = "x".repeat(100);
+            stream.push_str(&call_chunk(&format!(
+                r#"{{"index":0,"function":{{"arguments":"{piece}"}}}}"#
+            )));
+        }
+        let endings = [
+            finish_chunk("tool_calls") + "data: [DONE]\n\n",
+            "data: [DONE]\n\n".to_owned(),
+            String::new(),
+        ];
+        for ending in endings {
+            let mut filter = ChatStream::new(TOOL, 4096);
+            let mut client = feed(&mut filter, &(stream.clone() + &ending));
+            assert_eq!(filter.end_round(), None);
+            let mut out = Vec::new();
+            filter.finish(&mut out);
+            client.extend(out.iter().map(|b| String::from_utf8_lossy(b).into_owned()));
+            assert!(
+                client.starts_with("data: {\"error\":"),
+                "{ending}: {client}"
+            );
+            assert!(client.contains("\"code\":\"ccr_stream_over_limit\""));
+            assert_eq!(client.matches("data: ").count(), 1, "{client}");
+        }
+    }
+
+    /// Keep-alives after the round's end wait with it, within the limit: an upstream sending
+    /// them forever without `[DONE]` does not make the filter hold more.
+    #[test]
+    fn keep_alives_after_the_end_are_held_within_the_limit() {
+        let end = CALL_ROUND.find("data: [DONE]").unwrap();
+        // Keep-alives, or an upstream that does not stop at `[DONE]`.
+        for event in [": keep-alive\n\n", "data: [DONE]\n\n"] {
+            let mut stream = CALL_ROUND[..end].to_owned();
+            for _ in 0..1000 {
+                stream.push_str(event);
+            }
+            let mut filter = ChatStream::new(TOOL, 4096);
+            let client = feed(&mut filter, &stream);
+            let held: usize = filter.held.iter().map(|held| held.raw.len()).sum();
+            assert!(held <= 4096, "{held} bytes held");
+            // Past the limit the round is not continued: its end went out, without our call.
+            assert_eq!(filter.end_round(), None);
+            assert!(!client.contains(TOOL), "{client}");
+            assert!(client.contains("\"finish_reason\":\"stop\""), "{client}");
+            assert_eq!(client.matches(event).count(), 1000);
+        }
+    }
+
+    #[test]
+    fn a_few_keep_alives_after_the_end_do_not_stop_the_round_being_continued() {
+        let stream = CALL_ROUND.replace("data: [DONE]", ": keep-alive\n\ndata: [DONE]");
+        let mut filter = ChatStream::new(TOOL, 1 << 20);
+        let client = feed(&mut filter, &stream);
+        assert!(!client.contains("keep-alive"), "held with the round's end");
+        assert!(filter.end_round().is_some());
     }
 }
