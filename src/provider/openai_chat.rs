@@ -392,6 +392,11 @@ impl DeltaMember {
 }
 
 /// The parts of a content array streamed in pieces, as the non-streamed message carries them.
+/// `text` as a content list of one text part, `[{"type":"text","text":…}]`.
+fn text_part(text: &str) -> Option<Box<RawValue>> {
+    RawValue::from_string(format!(r#"[{{"type":"text","text":{}}}]"#, quote(text))).ok()
+}
+
 /// Mistral's reasoning models stream a `thinking` or `text` chunk of one fragment per piece,
 /// where the message has one chunk per block, and refuse a replayed message with several
 /// thinking chunks in a row. So the first part of a piece that goes on with the last part
@@ -403,16 +408,23 @@ struct Parts<'a> {
     /// them.
     rendered: String,
     last: Option<Box<Part<'a>>>,
+    /// How deep these parts are in the content (0: the content's own list).
+    depth: usize,
 }
+
+/// How deep parts are merged (Mistral's thinking chunks need 2): below, they are kept as they
+/// came. Merging recurses once a level, and the upstream chooses the nesting.
+const MAX_MERGE_DEPTH: usize = 4;
 
 impl<'a> Parts<'a> {
     fn append_piece(&mut self, piece: Vec<&'a RawValue>) {
+        let depth = self.depth;
         for (index, element) in piece.into_iter().enumerate() {
             if index == 0
                 && self
                     .last
                     .as_mut()
-                    .is_some_and(|last| last.merge(element.get()))
+                    .is_some_and(|last| last.merge(element.get(), depth))
             {
                 continue;
             }
@@ -497,11 +509,16 @@ fn goes_on(
 }
 
 impl<'a> Part<'a> {
-    /// Merges `next` into this part when it goes on with it (see [`goes_on`]).
-    fn merge(&mut self, next: &'a str) -> bool {
+    /// Merges `next` into this part, a part of a list `depth` deep, when it goes on with it
+    /// (see [`goes_on`]) and the merge stays within [`MAX_MERGE_DEPTH`].
+    fn merge(&mut self, next: &'a str, depth: usize) -> bool {
         let Some((next_members, next_position)) = continued_part(next) else {
             return false;
         };
+        let nested = next_members.0[next_position].1.get().starts_with('[');
+        if nested && depth + 1 >= MAX_MERGE_DEPTH {
+            return false;
+        }
         match self {
             Part::Raw(raw) => {
                 let Some((members, position)) = continued_part(raw) else {
@@ -514,7 +531,10 @@ impl<'a> Part<'a> {
                 let joined = match string_value(value) {
                     Some(text) => Joined::Text(text.into_owned()),
                     None => {
-                        let mut parts = Parts::default();
+                        let mut parts = Parts {
+                            depth: depth + 1,
+                            ..Parts::default()
+                        };
                         parts.append_piece(array(value.get()).unwrap_or_default());
                         Joined::Parts(parts)
                     }
@@ -906,6 +926,20 @@ impl ChatStream {
     /// joined. A member that came as another value too makes the round
     /// [`unreplayable`](Self::unreplayable).
     fn delta_text(&mut self, key: &str, text: Cow<'_, str>) {
+        // Content text after content lists (Mistral's reasoning models may switch from lists
+        // of parts to plain text): the text is a text part of the list.
+        if key == "content"
+            && !text.is_empty()
+            && self
+                .delta_members
+                .iter()
+                .any(|(kept, member)| kept == key && matches!(member, DeltaMember::Pieces(_)))
+        {
+            if let Some(part) = text_part(&text) {
+                self.delta_member(key, &part);
+            }
+            return;
+        }
         // An empty string adds nothing (Mistral's streams begin with `"content":""` before
         // their `content` lists).
         if !text.is_empty() && self.delta_members.iter().any(|(kept, _)| kept == key) {
@@ -929,6 +963,19 @@ impl ChatStream {
     /// it: arrays streamed in pieces are joined, other values replaced. A member that came as
     /// a string too makes the round [`unreplayable`](Self::unreplayable).
     fn delta_member(&mut self, key: &str, value: &RawValue) {
+        // Content lists after content text: the text so far is the list's first text part.
+        if key == "content" && value.get().starts_with('[') {
+            if let Some(position) = self
+                .texts
+                .iter()
+                .position(|(kept, text)| kept == key && !text.is_empty())
+            {
+                let (_, text) = self.texts.remove(position);
+                if let Some(part) = text_part(&text) {
+                    self.delta_member(key, &part);
+                }
+            }
+        }
         if self
             .texts
             .iter()
@@ -2268,6 +2315,33 @@ mod tests {
         assert_eq!(next.matches("\"content\":").count(), 2, "{next}");
     }
 
+    /// The upstream chooses how deep content parts nest; merging stops at MAX_MERGE_DEPTH, so
+    /// pieces nested 50,000 deep (which a recursive merge would overflow the stack on) are kept
+    /// as they came.
+    #[test]
+    fn deeply_nested_content_pieces_are_kept_as_they_came() {
+        const DEPTH: usize = 50_000;
+        let piece = |leaf: &str| {
+            let mut piece = String::from("[");
+            piece.push_str(&r#"{"type":"t","t":["#.repeat(DEPTH));
+            piece.push_str(leaf);
+            piece.push_str(&"]}".repeat(DEPTH));
+            piece.push(']');
+            piece
+        };
+        let pieces = [piece("1"), piece("2")];
+        let mut filter = ChatStream::new(TOOL, 8 << 20);
+        feed(
+            &mut filter,
+            &round_with_content(&[pieces[0].as_str(), pieces[1].as_str()]),
+        );
+        let response = filter.end_round().expect("the round is continued");
+        // Merged down to the depth limit, the rest verbatim: both leaves, in order.
+        let (first, second) = (response.find("[1]").unwrap(), response.find("[2]").unwrap());
+        assert!(first < second);
+        assert_eq!(response.matches("\"content\":").count(), 1);
+    }
+
     #[test]
     fn content_parts_of_other_kinds_stay_as_they_came() {
         // Different types, members other than the text that differ, and elements that are not
@@ -2291,16 +2365,54 @@ mod tests {
         );
     }
 
-    /// A key that came both as a string and as another value cannot be rebuilt as the
-    /// non-streamed message carries it: the round is not continued, and the client gets it as
-    /// it came, without the retrieval tool's call.
+    /// Content text before or after content lists is a text part of the list (Mistral's
+    /// reasoning models may switch between the two).
     #[test]
-    fn content_streamed_as_strings_and_arrays_is_not_continued() {
+    fn content_text_beside_content_lists_becomes_text_parts() {
         let part = r#"[{"type":"text","text":"b"}]"#;
-        for pieces in [["\"a\"", part], [part, "\"a\""]] {
+        for (pieces, expected) in [
+            (["\"a\"", part], r#"[{"type":"text","text":"ab"}]"#),
+            ([part, "\"a\""], r#"[{"type":"text","text":"ba"}]"#),
+        ] {
             let mut filter = ChatStream::new(TOOL, 1 << 20);
-            let mut client = feed(&mut filter, &round_with_content(&pieces));
-            assert_eq!(filter.end_round(), None, "{pieces:?}");
+            feed(&mut filter, &round_with_content(&pieces));
+            let response = filter.end_round().expect("continued");
+            let root = object(&response).unwrap();
+            let choice =
+                object(array(root.get("choices").unwrap().get()).unwrap()[0].get()).unwrap();
+            let message = object(choice.get("message").unwrap().get()).unwrap();
+            let contents: Vec<&str> = message
+                .0
+                .iter()
+                .filter(|(key, _)| key == "content")
+                .map(|(_, value)| value.get())
+                .collect();
+            assert_eq!(contents, [expected], "{pieces:?}");
+        }
+    }
+
+    /// Another member that came both as a string and as another value cannot be rebuilt as
+    /// the non-streamed message carries it: the round is not continued, and the client gets
+    /// it as it came, without the retrieval tool's call.
+    #[test]
+    fn a_member_streamed_as_a_string_and_as_another_value_is_not_continued() {
+        for deltas in [
+            [r#"{"refusal":"a"}"#, r#"{"refusal":["b"]}"#],
+            [r#"{"refusal":["b"]}"#, r#"{"refusal":"a"}"#],
+        ] {
+            let mut stream = String::new();
+            for delta in deltas {
+                stream.push_str(&format!(
+                    "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":null}}]}}\n\n"
+                ));
+            }
+            stream.push_str(&call_chunk(
+                r#"{"index":0,"id":"c1","type":"function","function":{"name":"ccr_retrieve","arguments":"{\"hash\":\"abc\"}"}}"#,
+            ));
+            stream.push_str(&(finish_chunk("tool_calls") + "data: [DONE]\n\n"));
+            let mut filter = ChatStream::new(TOOL, 1 << 20);
+            let mut client = feed(&mut filter, &stream);
+            assert_eq!(filter.end_round(), None, "{deltas:?}");
             assert!(!filter.cut_short());
             let mut out = Vec::new();
             filter.finish(&mut out);
