@@ -1112,6 +1112,9 @@ impl ResponsesStream {
                     // An event of an item the stream never announced: the client's.
                     self.next_output_index += 1;
                     self.set_slot(upstream_index, Slot::Client(self.next_output_index - 1));
+                    if self.given_up.is_some() {
+                        return Fate::Dropped; // Not sent: it takes no sequence number.
+                    }
                 }
                 // An item first seen through events that did not name it (no
                 // `output_item.added`), now named as ours: it does not reach the client.
@@ -1501,6 +1504,23 @@ impl StreamFilter for ResponsesStream {
     }
 
     fn finish(&mut self, out: &mut Vec<Bytes>) {
+        // A call withheld past the limit is judged at the terminal event; a stream that
+        // stopped before one leaves it unjudged, and it may have been the client's.
+        let withheld = self
+            .round
+            .indexes
+            .values()
+            .any(|slot| matches!(slot, Slot::Withheld(_)));
+        if withheld && !self.round.ended && !self.round.errored && self.given_up.is_none() {
+            self.give_up("a function call went over max_body_bytes before it was named");
+            self.round.ending = Vec::new();
+            let error = self.error_with_code(
+                "a function call went over max_body_bytes before it was named",
+                "ccr_stream_over_limit",
+            );
+            out.push(error);
+            return;
+        }
         self.release(out);
     }
 
@@ -2744,6 +2764,34 @@ mod tests {
                     .all(|e| !TERMINAL_EVENTS.contains(&e["type"].as_str().unwrap())),
                 "no terminal event after a give-up"
             );
+        }
+
+        /// A stream that stops before its terminal event leaves a call withheld past the limit
+        /// unjudged: it may have been the client's, so the client is told.
+        #[test]
+        fn a_call_withheld_when_the_stream_stops_before_its_end_ends_with_an_error() {
+            let (message_events, _) = message(0, "msg_1", "Looking.");
+            let mut events = start("resp_1");
+            events.extend(message_events);
+            events.push(json!({"type":"response.output_item.added","output_index":1,"item":{"id":"fc_1","type":"function_call","status":"in_progress","arguments":"","call_id":"call_1","name":""}}));
+            for _ in 0..1_000 {
+                events.push(json!({"type":"response.function_call_arguments.delta","item_id":"fc_1","output_index":1,"delta":"x".repeat(100)}));
+            }
+            let mut filter = ResponsesStream::new(TOOL, 4_096);
+            let mut client = Vec::new();
+            for event in upstream(&events) {
+                filter.event(event, &mut client);
+            }
+            assert!(!filter.gave_up());
+            assert_eq!(filter.end_round(), None);
+            filter.finish(&mut client);
+            let events = client_events(&client);
+            assert_given_up(&filter, &events);
+            let numbers: Vec<u64> = events
+                .iter()
+                .map(|e| e["sequence_number"].as_u64().unwrap())
+                .collect();
+            assert_eq!(numbers, (0..numbers.len() as u64).collect::<Vec<_>>());
         }
 
         #[test]
