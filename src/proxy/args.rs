@@ -95,8 +95,8 @@ pub struct ProxyArgs {
     pub gemini_base: Upstream,
 
     /// Serve a path prefix from another upstream, the prefix replaced by the URL's path:
-    /// `/groq=https://api.groq.com/openai` sends /groq/v1/chat/completions to
-    /// https://api.groq.com/openai/v1/chat/completions. Repeatable; comma-separated in the
+    /// `/groq=https://api.groq.com/openai` sends `/groq/v1/chat/completions` to
+    /// `https://api.groq.com/openai/v1/chat/completions`. Repeatable; comma-separated in the
     /// environment variable.
     #[arg(
         long = "upstream",
