@@ -880,3 +880,76 @@ async fn past_the_limit_items_never_announced_reach_the_client() {
     assert_eq!(call, 2, "the client's call, both its events");
     assert_eq!(events.last().unwrap()["type"], "response.completed");
 }
+
+/// Streamed, a made-up id asked for again in a stored mixed turn: the answer the layer keeps
+/// for that call (sent when the client chains on the turn) is looked up in the request the
+/// exchange started with, not in the continuation that quotes the first refusal.
+#[tokio::test]
+async fn a_foreign_id_asked_again_in_a_streamed_mixed_turn_stays_unknown() {
+    let layer = CcrLayer::new()
+        .max_answer_bytes(1 << 20)
+        .secret("stream-foreign");
+    // Another conversation of the same tenant stores an original.
+    let (upstream_a, log_a) = sse_upstream(|_, request| {
+        let mut round = Round::new("resp_A", request);
+        let done = round.message("ok");
+        sse_events(&round.completed(json!([done]), 10))
+    });
+    let response = layer
+        .clone()
+        .layer(upstream_a)
+        .oneshot(streaming_request(&big_log(1_500)))
+        .await
+        .unwrap();
+    let _ = read_stream(response).await;
+    let foreign = marker_hash(log_a.lock().unwrap()[0].text()).unwrap();
+
+    let hash = foreign.clone();
+    let (upstream_b, log_b) = sse_upstream(move |round, request| {
+        let arguments = json!({"hash": hash});
+        match round {
+            0 => {
+                let mut first = Round::new("resp_B0", request);
+                let call = first.call("call_1", TOOL, &arguments);
+                sse_events(&first.completed(json!([call]), 100))
+            }
+            _ => {
+                let mut second = Round::new("resp_B1", request);
+                let ours = second.call("call_2", TOOL, &arguments);
+                let theirs = second.call("call_b", "bash", &json!({"cmd": "ls"}));
+                sse_events(&second.completed(json!([ours, theirs]), 200))
+            }
+        }
+    });
+    let response = layer
+        .clone()
+        .layer(upstream_b)
+        .oneshot(streaming_request(&big_log(1_300)))
+        .await
+        .unwrap();
+    let (_, text, error) = read_stream(response).await;
+    assert!(error.is_none(), "{text}");
+    assert!(text.contains("call_b") && !text.contains(TOOL), "{text}");
+    assert_eq!(log_b.lock().unwrap().len(), 2);
+
+    // The client answers its call, chaining on the id it saw.
+    let (upstream_c, log_c) = sse_upstream(|_, request| {
+        let mut round = Round::new("resp_C", request);
+        let done = round.message("done");
+        sse_events(&round.completed(json!([done]), 10))
+    });
+    let next = json!({"model": "gpt-5", "stream": true, "previous_response_id": "resp_B0",
+        "input": [{"type": "function_call_output", "call_id": "call_b", "output": "a.txt"}]});
+    let response = layer
+        .layer(upstream_c)
+        .oneshot(post(RESPONSES_URL, next.to_string()))
+        .await
+        .unwrap();
+    let _ = read_stream(response).await;
+    let sent = log_c.lock().unwrap()[0].json();
+    assert_eq!(sent["previous_response_id"], "resp_B1", "{sent}");
+    let answers = outputs_for(&sent, "call_2");
+    assert_eq!(answers.len(), 1, "{sent}");
+    assert!(answers[0].contains("is unknown"), "{}", answers[0]);
+    assert!(!answers[0].contains("code=card_declined"));
+}
