@@ -928,6 +928,10 @@ struct ResponsesStream {
 /// interleaves a few.
 const ITEMS_KEPT_PAST_LIMIT: usize = 16;
 
+/// Why the filter gives up on a call it withheld, not named yet, when the round crossed
+/// `max_body_bytes`, and that turned out to be the client's (or was never named).
+const UNNAMED_PAST_LIMIT: &str = "a function call went over max_body_bytes before it was named";
+
 /// What the filter keeps of the current round.
 #[derive(Default)]
 struct Round {
@@ -976,6 +980,18 @@ impl ResponsesStream {
 
     fn give_up(&mut self, reason: &'static str) {
         self.given_up.get_or_insert(reason);
+    }
+
+    /// Once the filter gave up: what was held would end the stream as if nothing was missing;
+    /// the error event does instead.
+    fn report_given_up(&mut self, out: &mut Vec<Bytes>) {
+        if let Some(reason) = self.given_up {
+            self.round.errored = true;
+            self.round.ending = Vec::new();
+            self.flush = Vec::new();
+            let error = self.error_with_code(reason, "ccr_stream_over_limit");
+            out.push(error);
+        }
     }
 
     /// The API's error event, with the client's next sequence number.
@@ -1126,7 +1142,7 @@ impl ResponsesStream {
                     return Fate::Dropped;
                 }
                 (Some(Slot::Withheld(_)), Some(false)) => {
-                    self.give_up("a function call went over max_body_bytes before it was named");
+                    self.give_up(UNNAMED_PAST_LIMIT);
                     return Fate::Dropped;
                 }
                 (Some(_), _) => {}
@@ -1283,7 +1299,7 @@ impl ResponsesStream {
             let ours = ours_by_index(&ours_at, upstream_index)
                 || ids.iter().any(|id| our_ids.contains(id));
             if !ours {
-                self.give_up("a function call went over max_body_bytes before it was named");
+                self.give_up(UNNAMED_PAST_LIMIT);
                 return;
             }
             self.set_slot(upstream_index, Slot::Ours);
@@ -1467,14 +1483,7 @@ impl StreamFilter for ResponsesStream {
             }
             self.enforce_limit(out);
         }
-        if let Some(reason) = self.given_up {
-            // What was held would end the stream as if nothing was missing: the error does.
-            self.round.errored = true;
-            self.round.ending = Vec::new();
-            self.flush = Vec::new();
-            let error = self.error_with_code(reason, "ccr_stream_over_limit");
-            out.push(error);
-        }
+        self.report_given_up(out);
     }
 
     fn end_round(&mut self) -> Option<String> {
@@ -1512,13 +1521,8 @@ impl StreamFilter for ResponsesStream {
             .values()
             .any(|slot| matches!(slot, Slot::Withheld(_)));
         if withheld && !self.round.ended && !self.round.errored && self.given_up.is_none() {
-            self.give_up("a function call went over max_body_bytes before it was named");
-            self.round.ending = Vec::new();
-            let error = self.error_with_code(
-                "a function call went over max_body_bytes before it was named",
-                "ccr_stream_over_limit",
-            );
-            out.push(error);
+            self.give_up(UNNAMED_PAST_LIMIT);
+            self.report_given_up(out);
             return;
         }
         self.release(out);
