@@ -3032,25 +3032,26 @@ fn gen_stream(api: Api, input: &mut Input<'_>, ids: &Ids) -> Vec<StreamPiece> {
             ]);
             out.push(typed("message_start", obj([("message", message)])));
             out.push(typed("ping", obj([])));
+            // One content block: its start, `text` in the input's pieces as `delta_type`
+            // deltas (the piece under `field`), its stop.
             let mut index = 0;
-            if let Some(text) = &text {
+            let mut block = |out: &mut Vec<StreamPiece>,
+                             input: &mut Input<'_>,
+                             content_block: Json,
+                             (delta_type, field): (&str, &str),
+                             text: &str| {
                 out.push(typed(
                     "content_block_start",
                     obj([
                         ("index", Json::Num(index)),
-                        ("content_block", obj([("type", s("text")), ("text", s(""))])),
+                        ("content_block", content_block),
                     ]),
                 ));
                 for piece in pieces(text, input) {
+                    let delta = obj([("type", s(delta_type)), (field, s(piece))]);
                     out.push(typed(
                         "content_block_delta",
-                        obj([
-                            ("index", Json::Num(index)),
-                            (
-                                "delta",
-                                obj([("type", s("text_delta")), ("text", s(piece))]),
-                            ),
-                        ]),
+                        obj([("index", Json::Num(index)), ("delta", delta)]),
                     ));
                 }
                 out.push(typed(
@@ -3058,34 +3059,21 @@ fn gen_stream(api: Api, input: &mut Input<'_>, ids: &Ids) -> Vec<StreamPiece> {
                     obj([("index", Json::Num(index))]),
                 ));
                 index += 1;
+            };
+            if let Some(text) = &text {
+                let content_block = obj([("type", s("text")), ("text", s(""))]);
+                block(&mut out, input, content_block, ("text_delta", "text"), text);
             }
             for call in &calls {
-                let mut block = obj([("type", s("tool_use"))]);
+                let mut content_block = obj([("type", s("tool_use"))]);
                 if let Some(id) = &call.id {
-                    block = block.with("id", s(id.clone()));
+                    content_block = content_block.with("id", s(id.clone()));
                 }
-                block = block.with("name", s(call.name)).with("input", obj([]));
-                out.push(typed(
-                    "content_block_start",
-                    obj([("index", Json::Num(index)), ("content_block", block)]),
-                ));
-                for piece in pieces(&call.arguments, input) {
-                    out.push(typed(
-                        "content_block_delta",
-                        obj([
-                            ("index", Json::Num(index)),
-                            (
-                                "delta",
-                                obj([("type", s("input_json_delta")), ("partial_json", s(piece))]),
-                            ),
-                        ]),
-                    ));
-                }
-                out.push(typed(
-                    "content_block_stop",
-                    obj([("index", Json::Num(index))]),
-                ));
-                index += 1;
+                content_block = content_block
+                    .with("name", s(call.name))
+                    .with("input", obj([]));
+                let delta = ("input_json_delta", "partial_json");
+                block(&mut out, input, content_block, delta, &call.arguments);
             }
             let stop = if calls.is_empty() {
                 "end_turn"
